@@ -1,0 +1,70 @@
+"""What every compiled wrapper shares: input validation and the saved state.
+
+A compiled ``X_forward`` validates its inputs with :func:`forward_inputs`
+(C-contiguous arrays of one float dtype, sizes agreeing) before any kernel
+runs, and returns a :class:`Saved`.  ``X_backward`` accepts only a
+:class:`Saved` made by the forward of the same op (:func:`backward_grads`), so
+that a kernel compiled without bounds checks never sees arrays it did not
+allocate itself.
+"""
+
+import numpy as np
+
+from .._backend import get_num_threads
+from .._opspec import OPS
+from .._validate import check_arrays, check_grads, check_odd_shift
+
+
+class Saved:
+    """State kept by a compiled forward for its backward.
+
+    Attributes: ``op`` (name), ``arrays`` (tuple of read-only arrays the
+    backward kernel reads), ``outputs`` (``(shape, dtype)`` of each output),
+    ``sizes`` (axis sizes and dtype).
+    """
+
+    __slots__ = ("op", "arrays", "outputs", "sizes")
+
+    def __init__(self, op, arrays, outputs, sizes):
+        for a in arrays:
+            a.flags.writeable = False
+        self.op = op
+        self.arrays = tuple(arrays)
+        self.outputs = tuple((tuple(o.shape), o.dtype) for o in outputs)
+        self.sizes = dict(sizes)
+
+    def __repr__(self):
+        return f"<compiled saved state of {self.op}>"
+
+
+def forward_inputs(name, inputs):
+    """Validate the inputs of op ``name``; return ``(arrays, sizes)``."""
+    spec = OPS[name]
+    arrays, sizes = check_arrays(name, spec.inputs, inputs)
+    if spec.odd_shift:
+        check_odd_shift(name, sizes)
+    return arrays, sizes
+
+
+def backward_grads(name, saved, grads):
+    """Check that ``saved`` comes from ``name``'s forward; validate ``grads``.
+
+    Returns the output gradients as C-contiguous arrays of the saved dtype
+    (zeros for ``None``).
+    """
+    if not isinstance(saved, Saved) or saved.op != name:
+        raise TypeError(f"{name}_backward: saved must be the state returned by {name}_forward")
+    return check_grads(name, grads, saved.outputs)
+
+
+def threads():
+    """Thread count for the kernels (``dmem.set_num_threads``)."""
+    return get_num_threads()
+
+
+def empty(shape, dtype):
+    return np.empty(shape, dtype=dtype)
+
+
+def zeros(shape, dtype):
+    return np.zeros(shape, dtype=dtype)
