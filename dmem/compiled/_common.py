@@ -18,18 +18,23 @@ from .._validate import check_arrays, check_grads, check_odd_shift
 class Saved:
     """State kept by a compiled forward for its backward.
 
-    Attributes: ``op`` (name), ``arrays`` (tuple of read-only arrays the
-    backward kernel reads), ``outputs`` (``(shape, dtype)`` of each output),
+    Attributes: ``op`` (name), ``arrays`` (tuple of read-only views of the
+    arrays the backward kernel reads; inputs are kept without a copy and stay
+    writeable for their owner), ``outputs`` (``(shape, dtype)`` of each output),
     ``sizes`` (axis sizes and dtype).
     """
 
     __slots__ = ("op", "arrays", "outputs", "sizes")
 
     def __init__(self, op, arrays, outputs, sizes):
+        views = []
         for a in arrays:
-            a.flags.writeable = False
+            # A read-only view: the caller's own array stays writeable.
+            v = a.view()
+            v.flags.writeable = False
+            views.append(v)
         self.op = op
-        self.arrays = tuple(arrays)
+        self.arrays = tuple(views)
         self.outputs = tuple((tuple(o.shape), o.dtype) for o in outputs)
         self.sizes = dict(sizes)
 
