@@ -17,6 +17,8 @@ def run_python(code, **env):
     for key in ("DMEM_BACKEND", "DMEM_NUM_THREADS"):
         environment.pop(key, None)
     environment.update(env)
+    # The child imports the same dmem as this process (installed or source tree).
+    environment["PYTHONPATH"] = os.path.dirname(os.path.dirname(dmem.__file__))
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True, text=True, env=environment, cwd=os.path.dirname(__file__),

@@ -24,8 +24,13 @@ def test_info_json(capsys):
     assert set(facts["compiled_ops"]) | set(facts["reference_only_ops"]) == set(dmem._opspec.OPS)
 
 
+def _env(**extra):
+    # The child imports the same dmem as this process (installed or source tree).
+    return dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(dmem.__file__)), **extra)
+
+
 def test_console_script_runs_in_a_fresh_process():
-    env = dict(os.environ, DMEM_BACKEND="reference")
+    env = _env(DMEM_BACKEND="reference")
     proc = subprocess.run(
         [sys.executable, "-m", "dmem", "info"], capture_output=True, text=True, env=env,
         cwd=os.path.dirname(__file__),
@@ -37,7 +42,7 @@ def test_console_script_runs_in_a_fresh_process():
 def test_unknown_command_fails_with_usage():
     proc = subprocess.run(
         [sys.executable, "-m", "dmem", "frobnicate"], capture_output=True, text=True,
-        cwd=os.path.dirname(__file__),
+        cwd=os.path.dirname(__file__), env=_env(),
     )
     assert proc.returncode == 2
     assert "usage: dmem" in proc.stderr
