@@ -28,8 +28,20 @@ __all__ = [
     "set_num_threads",
     "ops",
     "reference",
+    "NTM",
+    "DNC",
+    "load",
     "info",
 ]
+
+
+def __getattr__(name):
+    # The models (and what they import) load on first use.
+    if name in ("NTM", "DNC", "load"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'dmem' has no attribute {name!r}")
 
 
 def info():
