@@ -49,6 +49,31 @@ def _dtype_of(name, value, op):
     )
 
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _fast_path(specs, values):
+    """The common case in one cheap pass: ndarrays of one float dtype, C-contiguous,
+    right ndim, sizes agreeing, no empty axis.  None sends the call to the full
+    check (which also writes the error messages)."""
+    first = values[0]
+    if type(first) is not np.ndarray or first.dtype not in _FLOAT_DTYPES:
+        return None
+    dtype = first.dtype
+    sizes = {}
+    for (_, dims), value in zip(specs, values):
+        if type(value) is not np.ndarray or value.dtype != dtype or not value.flags.c_contiguous:
+            return None
+        shape = value.shape
+        if len(shape) != len(dims):
+            return None
+        for letter, size in zip(dims, shape):
+            if sizes.setdefault(letter, size) != size or size == 0:
+                return None
+    sizes["dtype"] = dtype
+    return list(values), sizes
+
+
 def check_arrays(op, specs, values, convert=True):
     """Validate ``values`` against ``specs``; return ``(arrays, sizes)``.
 
@@ -73,6 +98,10 @@ def check_arrays(op, specs, values, convert=True):
     if len(values) != len(specs):
         names = ", ".join(n for n, _ in specs)
         raise TypeError(f"{op} takes {len(specs)} arrays ({names}), got {len(values)}")
+    if convert:
+        fast = _fast_path(specs, values)
+        if fast is not None:
+            return fast
     sizes = {}
     seen = {}
     raws = []

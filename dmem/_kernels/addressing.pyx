@@ -1,0 +1,711 @@
+"""NTM addressing kernels: content weights, shift, sharpen and the fused head step.
+
+Forward and hand-written backward passes of the ops ``content_weights``,
+``shift``, ``sharpen`` and ``ntm_address`` (see ``dmem/_opspec.py`` and
+``DESIGN.md``).  The arrays come validated from ``dmem/compiled/addressing.py``
+(C-contiguous, one float dtype, sizes agreeing); nothing here checks them.
+
+Layout of the work: each batch row ``b`` is computed by one thread (``prange``
+over ``B``), heads and slots in a fixed order, so the results do not depend on
+the thread count.  Every row works on its own row of a ``double`` work array
+given by the wrapper: intermediate quantities are kept in double precision
+whatever the dtype of the inputs.  The per-head helpers below are shared by the
+separate ops and the fused ``ntm_address``, so that the fused kernel computes
+what the chain of separate kernels computes.
+
+Backward passes divide only by the ``√(x·x + ε)`` norms (≥ 1e-3) and, in the
+sharpening, by ``w_i + ε`` where the output ``out_i`` is positive (which
+implies ``w_i + ε > 0``; the quotient ``out_i / (w_i+ε)`` is at most 1e12).
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, log, sqrt
+
+cdef double COSINE_EPSILON = 1e-6
+cdef double SHARPEN_EPSILON = 1e-12
+
+
+# ---------------------------------------------------------------- helpers
+
+cdef inline void _softmax(double* z, Py_ssize_t n) noexcept nogil:
+    """Softmax of ``z[:n]`` in place, the maximum subtracted first."""
+    cdef Py_ssize_t i
+    cdef double top = z[0]
+    cdef double total = 0.0
+    cdef double inverse
+    for i in range(1, n):
+        if z[i] > top:
+            top = z[i]
+    for i in range(n):
+        z[i] = exp(z[i] - top)
+        total = total + z[i]
+    inverse = 1.0 / total
+    for i in range(n):
+        z[i] = z[i] * inverse
+
+
+cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
+    """``Σ_j a_j b_j`` in double, with four partial sums (a fixed order, and no
+    chain of dependent additions as long as the word)."""
+    cdef double s0 = 0.0
+    cdef double s1 = 0.0
+    cdef double s2 = 0.0
+    cdef double s3 = 0.0
+    cdef Py_ssize_t j = 0
+    while j + 4 <= n:
+        s0 = s0 + <double>a[j] * b[j]
+        s1 = s1 + <double>a[j + 1] * b[j + 1]
+        s2 = s2 + <double>a[j + 2] * b[j + 2]
+        s3 = s3 + <double>a[j + 3] * b[j + 3]
+        j = j + 4
+    while j < n:
+        s0 = s0 + <double>a[j] * b[j]
+        j = j + 1
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef inline double _content_head(const floating* memory, double* memory_norms, bint first,
+                                 const floating* key, double strength,
+                                 floating* cosines, double* weights,
+                                 Py_ssize_t N, Py_ssize_t W) noexcept nogil:
+    """One head's content weighting: ``weights = softmax(β cos(k, M_i))``.
+
+    When ``first`` (the first head of a batch row) it also computes the memory
+    norms ``√(M_i·M_i + ε)`` into ``memory_norms``, in the same pass over the
+    memory as the dot products; later heads read them.  Writes the
+    similarities to ``cosines`` (saved for the backward) and returns the key
+    norm ``√(k·k + ε)``.  Rows go four at a time (four independent sums, one
+    load of the key for four rows); each sum runs over ``j`` in order, so a
+    row's values do not depend on its position.
+    """
+    cdef Py_ssize_t i, j, r
+    cdef double key_norm, kj, x0, x1, x2, x3
+    cdef double d0, d1, d2, d3, n0, n1, n2, n3
+    cdef const floating* m0
+    cdef const floating* m1
+    cdef const floating* m2
+    cdef const floating* m3
+    key_norm = sqrt(_dot(key, key, W) + COSINE_EPSILON)
+    i = 0
+    while i + 4 <= N:
+        m0 = memory + i * W
+        m1 = m0 + W
+        m2 = m1 + W
+        m3 = m2 + W
+        d0 = 0.0
+        d1 = 0.0
+        d2 = 0.0
+        d3 = 0.0
+        if first:
+            n0 = 0.0
+            n1 = 0.0
+            n2 = 0.0
+            n3 = 0.0
+            for j in range(W):
+                kj = key[j]
+                x0 = m0[j]
+                x1 = m1[j]
+                x2 = m2[j]
+                x3 = m3[j]
+                d0 = d0 + kj * x0
+                d1 = d1 + kj * x1
+                d2 = d2 + kj * x2
+                d3 = d3 + kj * x3
+                n0 = n0 + x0 * x0
+                n1 = n1 + x1 * x1
+                n2 = n2 + x2 * x2
+                n3 = n3 + x3 * x3
+            memory_norms[i] = sqrt(n0 + COSINE_EPSILON)
+            memory_norms[i + 1] = sqrt(n1 + COSINE_EPSILON)
+            memory_norms[i + 2] = sqrt(n2 + COSINE_EPSILON)
+            memory_norms[i + 3] = sqrt(n3 + COSINE_EPSILON)
+        else:
+            for j in range(W):
+                kj = key[j]
+                d0 = d0 + kj * m0[j]
+                d1 = d1 + kj * m1[j]
+                d2 = d2 + kj * m2[j]
+                d3 = d3 + kj * m3[j]
+        weights[i] = d0
+        weights[i + 1] = d1
+        weights[i + 2] = d2
+        weights[i + 3] = d3
+        i = i + 4
+    while i < N:
+        m0 = memory + i * W
+        d0 = 0.0
+        n0 = 0.0
+        for j in range(W):
+            x0 = m0[j]
+            d0 = d0 + key[j] * x0
+            n0 = n0 + x0 * x0
+        if first:
+            memory_norms[i] = sqrt(n0 + COSINE_EPSILON)
+        weights[i] = d0
+        i = i + 1
+    for r in range(N):
+        x0 = weights[r] / (key_norm * memory_norms[r])
+        cosines[r] = x0
+        weights[r] = strength * x0
+    _softmax(weights, N)
+    return key_norm
+
+
+cdef inline double _content_head_backward(const floating* memory, const floating* memory_norms,
+                                          const floating* key, double key_norm, double strength,
+                                          const floating* cosines, const floating* weights,
+                                          const double* grad_weights, bint first,
+                                          floating* grad_memory, floating* grad_key,
+                                          double* row_key, double* row_memory,
+                                          double* grad_key_acc,
+                                          Py_ssize_t N, Py_ssize_t W) noexcept nogil:
+    """Backward of :func:`_content_head` for one head; return dL/dβ.
+
+    Writes (``first``) or adds (later heads) this head's part of dL/dM to
+    ``grad_memory`` and writes dL/dk.  With ``c_i = k·M_i / (|k| |M_i|)``
+    (ε-norms), ``dc_i/dk = M_i / (|k||M_i|) - c_i k / |k|²`` and
+    ``dc_i/dM_i = k / (|k||M_i|) - c_i M_i / |M_i|²``; the norms are at least
+    √ε = 1e-3, so their inverses are finite.  ``row_key``, ``row_memory`` (N)
+    and ``grad_key_acc`` (W) are scratch: the per-row factors of ``M_i`` in
+    dL/dk and of ``k`` and ``M_i`` in dL/dM_i.  The loops over the word run
+    over contiguous arrays, one output each, so that the compiler vectorises
+    them.
+    """
+    cdef Py_ssize_t i, j
+    cdef double mean = 0.0
+    cdef double grad_strength = 0.0
+    cdef double cos_dot = 0.0
+    cdef double gz, gc, u, f0, f1, f2, f3, t
+    cdef double inverse_key_norm = 1.0 / key_norm
+    cdef const floating* m0
+    cdef const floating* m1
+    cdef const floating* m2
+    cdef const floating* m3
+    cdef floating* g
+    for i in range(N):
+        mean = mean + weights[i] * grad_weights[i]
+    for i in range(N):
+        gz = weights[i] * (grad_weights[i] - mean)        # through the softmax
+        grad_strength = grad_strength + gz * cosines[i]
+        gc = gz * strength                                # dL/dc_i
+        cos_dot = cos_dot + gc * cosines[i]
+        u = 1.0 / memory_norms[i]
+        row_key[i] = gc * inverse_key_norm * u
+        row_memory[i] = gc * cosines[i] * u * u
+    # dL/dk = Σ_i row_key_i M_i - (Σ_i gc_i c_i) k / |k|², four rows at a time
+    for j in range(W):
+        grad_key_acc[j] = 0.0
+    i = 0
+    while i + 4 <= N:
+        m0 = memory + i * W
+        m1 = m0 + W
+        m2 = m1 + W
+        m3 = m2 + W
+        f0 = row_key[i]
+        f1 = row_key[i + 1]
+        f2 = row_key[i + 2]
+        f3 = row_key[i + 3]
+        for j in range(W):
+            grad_key_acc[j] = grad_key_acc[j] + ((f0 * m0[j] + f1 * m1[j]) + (f2 * m2[j] + f3 * m3[j]))
+        i = i + 4
+    while i < N:
+        m0 = memory + i * W
+        f0 = row_key[i]
+        for j in range(W):
+            grad_key_acc[j] = grad_key_acc[j] + f0 * m0[j]
+        i = i + 1
+    for j in range(W):
+        grad_key[j] = grad_key_acc[j] - cos_dot * inverse_key_norm * inverse_key_norm * key[j]
+    # dL/dM_i = row_key_i k - row_memory_i M_i
+    for i in range(N):
+        m0 = memory + i * W
+        g = grad_memory + i * W
+        f0 = row_key[i]
+        t = row_memory[i]
+        if first:
+            for j in range(W):
+                g[j] = f0 * key[j] - t * m0[j]
+        else:
+            for j in range(W):
+                g[j] = g[j] + (f0 * key[j] - t * m0[j])
+    return grad_strength
+
+
+cdef inline Py_ssize_t _offset(Py_ssize_t k, Py_ssize_t radius, Py_ssize_t N) noexcept nogil:
+    """``(k - r) mod N`` in ``[0, N)``: shift ``k`` moves slot ``i - d`` onto slot ``i``."""
+    cdef Py_ssize_t d = (k - radius) % N
+    if d < 0:
+        d = d + N
+    return d
+
+
+cdef inline void _shift_forward(const double* weights, const double* shifts, double* out,
+                                Py_ssize_t N, Py_ssize_t S) noexcept nogil:
+    """``out_i = Σ_k s_k w_{(i - (k - r)) mod N}``."""
+    cdef Py_ssize_t i, k, d
+    cdef Py_ssize_t radius = S // 2
+    cdef double sk
+    for i in range(N):
+        out[i] = 0.0
+    for k in range(S):
+        d = _offset(k, radius, N)
+        sk = shifts[k]
+        for i in range(d, N):
+            out[i] = out[i] + sk * weights[i - d]
+        for i in range(d):
+            out[i] = out[i] + sk * weights[i - d + N]
+
+
+cdef inline void _shift_backward(const double* weights, const double* shifts,
+                                 const double* grad_out, double* grad_weights,
+                                 double* grad_shifts, Py_ssize_t N, Py_ssize_t S) noexcept nogil:
+    """Backward of :func:`_shift_forward`: dL/dw into ``grad_weights``, dL/ds into ``grad_shifts``."""
+    cdef Py_ssize_t i, k, d
+    cdef Py_ssize_t radius = S // 2
+    cdef double sk, acc
+    for i in range(N):
+        grad_weights[i] = 0.0
+    for k in range(S):
+        d = _offset(k, radius, N)
+        sk = shifts[k]
+        acc = 0.0
+        for i in range(d, N):
+            grad_weights[i - d] = grad_weights[i - d] + sk * grad_out[i]
+            acc = acc + grad_out[i] * weights[i - d]
+        for i in range(d):
+            grad_weights[i - d + N] = grad_weights[i - d + N] + sk * grad_out[i]
+            acc = acc + grad_out[i] * weights[i - d + N]
+        grad_shifts[k] = acc
+
+
+cdef inline void _sharpen_forward(const double* weights, double gamma, double* log_weights,
+                                  double* out, Py_ssize_t N) noexcept nogil:
+    """``out = softmax(γ log(w + ε))``, i.e. ``(w_i+ε)^γ / Σ_j (w_j+ε)^γ``.
+
+    Writes ``log(w+ε)`` to ``log_weights`` (saved for the backward).
+    """
+    cdef Py_ssize_t i
+    for i in range(N):
+        log_weights[i] = log(weights[i] + SHARPEN_EPSILON)
+        out[i] = gamma * log_weights[i]
+    _softmax(out, N)
+
+
+cdef inline double _sharpen_backward(const double* weights, const floating* out,
+                                     const double* log_weights, double gamma,
+                                     const double* grad_out, double* grad_weights,
+                                     Py_ssize_t N) noexcept nogil:
+    """Backward of :func:`_sharpen_forward` from its output; return dL/dγ.
+
+    With ``ḡ = Σ_j out_j g_j``: ``dL/dγ = Σ_i out_i (g_i - ḡ) log(w_i+ε)`` and
+    ``dL/dw_i = γ (g_i - ḡ) out_i / (w_i+ε)``.  The ratio is formed only where
+    ``out_i > 0``, which implies ``log(w_i+ε) > -∞``, i.e. ``w_i+ε > 0``; for
+    ``w_i ≥ 0`` it is at most ``1/ε = 1e12``.  Elsewhere the ratio is 0 (its
+    limit).  The quotient keeps the accuracy of ``out_i``; forming it in log
+    space, ``exp((γ-1) log(w_i+ε) - log Σ_j (w_j+ε)^γ)``, loses ``|γ log w|``
+    ulps, which large ``γ`` makes visible, and costs an ``exp``.
+    """
+    cdef Py_ssize_t i
+    cdef double mean = 0.0
+    cdef double grad_gamma = 0.0
+    cdef double d, o
+    for i in range(N):
+        mean = mean + out[i] * grad_out[i]
+    for i in range(N):
+        o = out[i]
+        d = grad_out[i] - mean
+        grad_gamma = grad_gamma + o * d * log_weights[i]
+        if o > 0.0:
+            grad_weights[i] = gamma * d * (o / (weights[i] + SHARPEN_EPSILON))
+        else:
+            grad_weights[i] = 0.0
+    return grad_gamma
+
+
+# ---------------------------------------------------------------- content_weights
+
+cdef void _content_weights_row(const floating* memory, const floating* keys,
+                               const floating* strengths, floating* weights,
+                               floating* cosines, floating* memory_norms, floating* key_norms,
+                               double* work, Py_ssize_t H, Py_ssize_t N,
+                               Py_ssize_t W) noexcept nogil:
+    cdef Py_ssize_t h, i
+    cdef double* norms = work
+    cdef double* head = work + N
+    for h in range(H):
+        key_norms[h] = _content_head(memory, norms, h == 0, keys + h * W, strengths[h],
+                                     cosines + h * N, head, N, W)
+        for i in range(N):
+            weights[h * N + i] = head[i]
+    for i in range(N):
+        memory_norms[i] = norms[i]
+
+
+def content_weights_forward(const floating[:, :, ::1] memory,
+                            const floating[:, :, ::1] keys,
+                            const floating[:, ::1] strengths,
+                            floating[:, :, ::1] weights,
+                            floating[:, :, ::1] cosines,
+                            floating[:, ::1] memory_norms,
+                            floating[:, ::1] key_norms,
+                            double[:, ::1] work,
+                            int num_threads):
+    """Fill ``weights`` (B,H,N) and the saved ``cosines`` (B,H,N),
+    ``memory_norms`` (B,N), ``key_norms`` (B,H).  ``work`` is (B, 2N)."""
+    cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
+    cdef Py_ssize_t H = keys.shape[1]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _content_weights_row(&memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0],
+                             &weights[b, 0, 0], &cosines[b, 0, 0], &memory_norms[b, 0],
+                             &key_norms[b, 0], &work[b, 0], H, N, W)
+
+
+cdef void _content_weights_backward_row(const floating* memory, const floating* keys,
+                                        const floating* strengths, const floating* weights,
+                                        const floating* cosines, const floating* memory_norms,
+                                        const floating* key_norms, const floating* grad,
+                                        floating* grad_memory, floating* grad_keys,
+                                        floating* grad_strengths, double* work,
+                                        Py_ssize_t H, Py_ssize_t N,
+                                        Py_ssize_t W) noexcept nogil:
+    cdef Py_ssize_t h, i
+    cdef double* grad_head = work
+    cdef double* row_key = work + N
+    cdef double* row_memory = work + 2 * N
+    cdef double* grad_key_acc = work + 3 * N
+    for h in range(H):
+        for i in range(N):
+            grad_head[i] = grad[h * N + i]
+        grad_strengths[h] = _content_head_backward(
+            memory, memory_norms, keys + h * W, key_norms[h], strengths[h],
+            cosines + h * N, weights + h * N, grad_head, h == 0,
+            grad_memory, grad_keys + h * W, row_key, row_memory, grad_key_acc, N, W)
+
+
+def content_weights_backward(const floating[:, :, ::1] memory,
+                             const floating[:, :, ::1] keys,
+                             const floating[:, ::1] strengths,
+                             const floating[:, :, ::1] weights,
+                             const floating[:, :, ::1] cosines,
+                             const floating[:, ::1] memory_norms,
+                             const floating[:, ::1] key_norms,
+                             const floating[:, :, ::1] grad_weights,
+                             floating[:, :, ::1] grad_memory,
+                             floating[:, :, ::1] grad_keys,
+                             floating[:, ::1] grad_strengths,
+                             double[:, ::1] work,
+                             int num_threads):
+    """Gradients of memory, keys and strengths.  ``work`` is (B, 3N + W)."""
+    cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
+    cdef Py_ssize_t H = keys.shape[1]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _content_weights_backward_row(
+            &memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &weights[b, 0, 0],
+            &cosines[b, 0, 0], &memory_norms[b, 0], &key_norms[b, 0], &grad_weights[b, 0, 0],
+            &grad_memory[b, 0, 0], &grad_keys[b, 0, 0], &grad_strengths[b, 0],
+            &work[b, 0], H, N, W)
+
+
+# ---------------------------------------------------------------- shift
+
+cdef void _shift_row(const floating* weights, const floating* shifts, floating* out,
+                     double* work, Py_ssize_t H, Py_ssize_t N, Py_ssize_t S) noexcept nogil:
+    cdef Py_ssize_t h, i
+    cdef double* w = work
+    cdef double* o = work + N
+    cdef double* s = work + 2 * N
+    for h in range(H):
+        for i in range(N):
+            w[i] = weights[h * N + i]
+        for i in range(S):
+            s[i] = shifts[h * S + i]
+        _shift_forward(w, s, o, N, S)
+        for i in range(N):
+            out[h * N + i] = o[i]
+
+
+def shift_forward(const floating[:, :, ::1] weights,
+                  const floating[:, :, ::1] shifts,
+                  floating[:, :, ::1] out,
+                  double[:, ::1] work,
+                  int num_threads):
+    """Fill ``out`` (B,H,N).  ``work`` is (B, 2N + S)."""
+    cdef Py_ssize_t B = weights.shape[0], H = weights.shape[1], N = weights.shape[2]
+    cdef Py_ssize_t S = shifts.shape[2]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _shift_row(&weights[b, 0, 0], &shifts[b, 0, 0], &out[b, 0, 0], &work[b, 0], H, N, S)
+
+
+cdef void _shift_backward_row(const floating* weights, const floating* shifts,
+                              const floating* grad, floating* grad_weights,
+                              floating* grad_shifts, double* work,
+                              Py_ssize_t H, Py_ssize_t N, Py_ssize_t S) noexcept nogil:
+    cdef Py_ssize_t h, i
+    cdef double* w = work
+    cdef double* g = work + N
+    cdef double* gw = work + 2 * N
+    cdef double* s = work + 3 * N
+    cdef double* gs = work + 3 * N + S
+    for h in range(H):
+        for i in range(N):
+            w[i] = weights[h * N + i]
+            g[i] = grad[h * N + i]
+        for i in range(S):
+            s[i] = shifts[h * S + i]
+        _shift_backward(w, s, g, gw, gs, N, S)
+        for i in range(N):
+            grad_weights[h * N + i] = gw[i]
+        for i in range(S):
+            grad_shifts[h * S + i] = gs[i]
+
+
+def shift_backward(const floating[:, :, ::1] weights,
+                   const floating[:, :, ::1] shifts,
+                   const floating[:, :, ::1] grad_out,
+                   floating[:, :, ::1] grad_weights,
+                   floating[:, :, ::1] grad_shifts,
+                   double[:, ::1] work,
+                   int num_threads):
+    """Gradients of weights and shifts.  ``work`` is (B, 3N + 2S)."""
+    cdef Py_ssize_t B = weights.shape[0], H = weights.shape[1], N = weights.shape[2]
+    cdef Py_ssize_t S = shifts.shape[2]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _shift_backward_row(&weights[b, 0, 0], &shifts[b, 0, 0], &grad_out[b, 0, 0],
+                            &grad_weights[b, 0, 0], &grad_shifts[b, 0, 0], &work[b, 0], H, N, S)
+
+
+# ---------------------------------------------------------------- sharpen
+
+cdef void _sharpen_row(const floating* weights, const floating* gamma, floating* out,
+                       double* log_weights, double* work,
+                       Py_ssize_t H, Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t h, i
+    cdef double* w = work
+    cdef double* o = work + N
+    for h in range(H):
+        for i in range(N):
+            w[i] = weights[h * N + i]
+        _sharpen_forward(w, gamma[h], log_weights + h * N, o, N)
+        for i in range(N):
+            out[h * N + i] = o[i]
+
+
+def sharpen_forward(const floating[:, :, ::1] weights,
+                    const floating[:, ::1] gamma,
+                    floating[:, :, ::1] out,
+                    double[:, :, ::1] log_weights,
+                    double[:, ::1] work,
+                    int num_threads):
+    """Fill ``out`` (B,H,N) and the saved ``log_weights`` = log(w+ε) (B,H,N,
+    float64).  ``work`` is (B, 2N)."""
+    cdef Py_ssize_t B = weights.shape[0], H = weights.shape[1], N = weights.shape[2]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _sharpen_row(&weights[b, 0, 0], &gamma[b, 0], &out[b, 0, 0], &log_weights[b, 0, 0],
+                     &work[b, 0], H, N)
+
+
+cdef void _sharpen_backward_row(const floating* weights, const floating* gamma,
+                                const floating* out, const double* log_weights,
+                                const floating* grad, floating* grad_weights,
+                                floating* grad_gamma, double* work,
+                                Py_ssize_t H, Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t h, i
+    cdef double* w = work
+    cdef double* g = work + N
+    cdef double* gw = work + 2 * N
+    for h in range(H):
+        for i in range(N):
+            w[i] = weights[h * N + i]
+            g[i] = grad[h * N + i]
+        grad_gamma[h] = _sharpen_backward(w, out + h * N, log_weights + h * N, gamma[h],
+                                          g, gw, N)
+        for i in range(N):
+            grad_weights[h * N + i] = gw[i]
+
+
+def sharpen_backward(const floating[:, :, ::1] weights,
+                     const floating[:, ::1] gamma,
+                     const floating[:, :, ::1] out,
+                     const double[:, :, ::1] log_weights,
+                     const floating[:, :, ::1] grad_out,
+                     floating[:, :, ::1] grad_weights,
+                     floating[:, ::1] grad_gamma,
+                     double[:, ::1] work,
+                     int num_threads):
+    """Gradients of weights and gamma from the inputs, the output and the
+    log-weights.  ``work`` is (B, 3N)."""
+    cdef Py_ssize_t B = out.shape[0], H = out.shape[1], N = out.shape[2]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _sharpen_backward_row(&weights[b, 0, 0], &gamma[b, 0], &out[b, 0, 0],
+                              &log_weights[b, 0, 0], &grad_out[b, 0, 0],
+                              &grad_weights[b, 0, 0], &grad_gamma[b, 0], &work[b, 0], H, N)
+
+
+# ---------------------------------------------------------------- ntm_address (fused)
+
+cdef void _ntm_address_row(const floating* memory, const floating* keys,
+                           const floating* strengths, const floating* gates,
+                           const floating* shifts, const floating* gamma,
+                           const floating* weights_prev, floating* out,
+                           floating* content, floating* cosines,
+                           floating* memory_norms, floating* key_norms,
+                           double* log_weights,
+                           double* work, Py_ssize_t H, Py_ssize_t N, Py_ssize_t W,
+                           Py_ssize_t S) noexcept nogil:
+    cdef Py_ssize_t h, i
+    cdef double g
+    cdef double* norms = work
+    cdef double* wc = work + N
+    cdef double* wg = work + 2 * N
+    cdef double* ws = work + 3 * N
+    cdef double* s = work + 4 * N
+    for h in range(H):
+        # content weighting (eq. 5-6), then interpolation (eq. 7)
+        key_norms[h] = _content_head(memory, norms, h == 0, keys + h * W, strengths[h],
+                                     cosines + h * N, wc, N, W)
+        if h == 0:
+            for i in range(N):
+                memory_norms[i] = norms[i]
+        g = gates[h]
+        for i in range(N):
+            content[h * N + i] = wc[i]
+            wg[i] = g * wc[i] + (1.0 - g) * weights_prev[h * N + i]
+        # shift (eq. 8), then sharpening (eq. 9)
+        for i in range(S):
+            s[i] = shifts[h * S + i]
+        _shift_forward(wg, s, ws, N, S)
+        _sharpen_forward(ws, gamma[h], log_weights + h * N, wc, N)
+        for i in range(N):
+            out[h * N + i] = wc[i]
+
+
+def ntm_address_forward(const floating[:, :, ::1] memory,
+                        const floating[:, :, ::1] keys,
+                        const floating[:, ::1] strengths,
+                        const floating[:, ::1] gates,
+                        const floating[:, :, ::1] shifts,
+                        const floating[:, ::1] gamma,
+                        const floating[:, :, ::1] weights_prev,
+                        floating[:, :, ::1] out,
+                        floating[:, :, ::1] content,
+                        floating[:, :, ::1] cosines,
+                        floating[:, ::1] memory_norms,
+                        floating[:, ::1] key_norms,
+                        double[:, :, ::1] log_weights,
+                        double[:, ::1] work,
+                        int num_threads):
+    """Fill ``out`` (B,H,N) and the saved content weighting and cosines (B,H,N),
+    ``memory_norms`` (B,N), ``key_norms`` (B,H), and, in float64, the log of the
+    shifted weighting plus ε (B,H,N).
+    ``work`` is (B, 4N + S)."""
+    cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
+    cdef Py_ssize_t H = keys.shape[1], S = shifts.shape[2]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _ntm_address_row(&memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &gates[b, 0],
+                         &shifts[b, 0, 0], &gamma[b, 0], &weights_prev[b, 0, 0],
+                         &out[b, 0, 0], &content[b, 0, 0], &cosines[b, 0, 0],
+                         &memory_norms[b, 0], &key_norms[b, 0], &log_weights[b, 0, 0],
+                         &work[b, 0], H, N, W, S)
+
+
+cdef void _ntm_address_backward_row(const floating* memory, const floating* keys,
+                                    const floating* strengths, const floating* gates,
+                                    const floating* shifts, const floating* gamma,
+                                    const floating* weights_prev, const floating* out,
+                                    const floating* content,
+                                    const floating* cosines, const floating* memory_norms,
+                                    const floating* key_norms, const double* log_weights,
+                                    const floating* grad,
+                                    floating* grad_memory, floating* grad_keys,
+                                    floating* grad_strengths, floating* grad_gates,
+                                    floating* grad_shifts, floating* grad_gamma,
+                                    floating* grad_weights_prev, double* work,
+                                    Py_ssize_t H, Py_ssize_t N, Py_ssize_t W,
+                                    Py_ssize_t S) noexcept nogil:
+    cdef Py_ssize_t h, i
+    cdef double g, grad_g, gwg
+    cdef double* wg = work
+    cdef double* ws = work + N
+    cdef double* gout = work + 2 * N
+    cdef double* gws = work + 3 * N
+    cdef double* gwc = work + 4 * N       # grad of the interpolated, then of the content weighting
+    cdef double* row_key = work + 5 * N
+    cdef double* row_memory = work + 6 * N
+    cdef double* s = work + 7 * N
+    cdef double* gs = work + 7 * N + S
+    cdef double* grad_key_acc = work + 7 * N + 2 * S
+    for h in range(H):
+        # Recompute the interpolated and shifted weightings (O(N S)).
+        g = gates[h]
+        for i in range(N):
+            wg[i] = g * content[h * N + i] + (1.0 - g) * weights_prev[h * N + i]
+            gout[i] = grad[h * N + i]
+        for i in range(S):
+            s[i] = shifts[h * S + i]
+        _shift_forward(wg, s, ws, N, S)
+        # sharpening, then shift
+        grad_gamma[h] = _sharpen_backward(ws, out + h * N, log_weights + h * N, gamma[h],
+                                          gout, gws, N)
+        _shift_backward(wg, s, gws, gwc, gs, N, S)
+        for i in range(S):
+            grad_shifts[h * S + i] = gs[i]
+        # interpolation
+        grad_g = 0.0
+        for i in range(N):
+            gwg = gwc[i]
+            grad_g = grad_g + gwg * (content[h * N + i] - weights_prev[h * N + i])
+            grad_weights_prev[h * N + i] = (1.0 - g) * gwg
+            gwc[i] = g * gwg
+        grad_gates[h] = grad_g
+        # content weighting
+        grad_strengths[h] = _content_head_backward(
+            memory, memory_norms, keys + h * W, key_norms[h], strengths[h],
+            cosines + h * N, content + h * N, gwc, h == 0,
+            grad_memory, grad_keys + h * W, row_key, row_memory, grad_key_acc, N, W)
+
+
+def ntm_address_backward(const floating[:, :, ::1] memory,
+                         const floating[:, :, ::1] keys,
+                         const floating[:, ::1] strengths,
+                         const floating[:, ::1] gates,
+                         const floating[:, :, ::1] shifts,
+                         const floating[:, ::1] gamma,
+                         const floating[:, :, ::1] weights_prev,
+                         const floating[:, :, ::1] out,
+                         const floating[:, :, ::1] content,
+                         const floating[:, :, ::1] cosines,
+                         const floating[:, ::1] memory_norms,
+                         const floating[:, ::1] key_norms,
+                         const double[:, :, ::1] log_weights,
+                         const floating[:, :, ::1] grad_out,
+                         floating[:, :, ::1] grad_memory,
+                         floating[:, :, ::1] grad_keys,
+                         floating[:, ::1] grad_strengths,
+                         floating[:, ::1] grad_gates,
+                         floating[:, :, ::1] grad_shifts,
+                         floating[:, ::1] grad_gamma,
+                         floating[:, :, ::1] grad_weights_prev,
+                         double[:, ::1] work,
+                         int num_threads):
+    """Gradients of all seven inputs.  ``work`` is (B, 7N + 2S + W)."""
+    cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
+    cdef Py_ssize_t H = keys.shape[1], S = shifts.shape[2]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _ntm_address_backward_row(
+            &memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &gates[b, 0],
+            &shifts[b, 0, 0], &gamma[b, 0], &weights_prev[b, 0, 0], &out[b, 0, 0],
+            &content[b, 0, 0],
+            &cosines[b, 0, 0], &memory_norms[b, 0], &key_norms[b, 0],
+            &log_weights[b, 0, 0], &grad_out[b, 0, 0],
+            &grad_memory[b, 0, 0], &grad_keys[b, 0, 0], &grad_strengths[b, 0],
+            &grad_gates[b, 0], &grad_shifts[b, 0, 0], &grad_gamma[b, 0],
+            &grad_weights_prev[b, 0, 0], &work[b, 0], H, N, W, S)

@@ -1,0 +1,272 @@
+"""Kernels of the DNC's dynamic memory allocation: forward and hand-written backward.
+
+Shapes: B batch, N memory slots, R read heads.  The arrays come from
+``dmem.compiled.allocation``, which has validated them (C-contiguous, one
+dtype, sizes agreeing).  Each batch row is computed by one thread in a fixed
+order, so results do not depend on the thread count.
+
+usage:       u = (u_prev + w − u_prev ∘ w) ∘ Π_r (1 − f_r w_r)
+allocation:  û = ε + (1 − ε) u, φ = stable ascending argsort of û,
+             a[φ_j] = (1 − û[φ_j]) Π_{i<j} û[φ_i]
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+
+# The ε of the allocation weighting (part of the contract).
+cdef double ALLOCATION_EPSILON = 1e-6
+
+
+# ---------------------------------------------------------------- usage
+
+cdef inline void _usage_row(const floating* usage_prev, const floating* write_prev,
+                            const floating* read_prev, const floating* free_gates,
+                            floating* out, Py_ssize_t N, Py_ssize_t R) noexcept nogil:
+    """out = (u + w − u w) ∘ Π_r (1 − f_r w_r) for one batch row."""
+    cdef Py_ssize_t n, r
+    cdef floating f
+    cdef const floating* wr
+    for n in range(N):
+        out[n] = 1
+    for r in range(R):
+        f = free_gates[r]
+        wr = read_prev + r * N
+        for n in range(N):
+            out[n] *= 1 - f * wr[n]
+    for n in range(N):
+        out[n] = (usage_prev[n] + write_prev[n] - usage_prev[n] * write_prev[n]) * out[n]
+
+
+def usage_forward(const floating[:, ::1] usage_prev, const floating[:, ::1] write_weights_prev,
+                  const floating[:, :, ::1] read_weights_prev, const floating[:, ::1] free_gates,
+                  floating[:, ::1] usage, int num_threads=1):
+    """usage (B, N) from usage_prev (B, N), write_weights_prev (B, N),
+    read_weights_prev (B, R, N) and free_gates (B, R)."""
+    cdef Py_ssize_t B = usage_prev.shape[0], N = usage_prev.shape[1]
+    cdef Py_ssize_t R = read_weights_prev.shape[1]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _usage_row(&usage_prev[b, 0], &write_weights_prev[b, 0], &read_weights_prev[b, 0, 0],
+                   &free_gates[b, 0], &usage[b, 0], N, R)
+
+
+cdef inline void _usage_backward_row(const floating* usage_prev, const floating* write_prev,
+                                     const floating* read_prev, const floating* free_gates,
+                                     const floating* grad_usage, floating* grad_usage_prev,
+                                     floating* grad_write_prev, floating* grad_read_prev,
+                                     floating* grad_free, Py_ssize_t N,
+                                     Py_ssize_t R) noexcept nogil:
+    """Backward of one batch row of the usage update.
+
+    With v = u + w − u w, q_r = 1 − f_r w_r, ψ = Π_r q_r and g the output
+    gradient: du = g ψ (1 − w), dw = g ψ (1 − u), and for read head r,
+    dq_r = g v Π_{r'≠r} q_{r'}, dw_r = −f_r dq_r, df_r = −Σ_n w_r dq_r.
+    Π_{r'≠r} q_{r'} is prefix × suffix over heads (no division by q_r, which
+    can be 0).  Scratch lives in the outputs: the suffix products first fill
+    grad_read_prev, the running suffix (then ψ) sits in grad_usage_prev, the
+    running prefix in grad_write_prev.
+    """
+    cdef Py_ssize_t n, r
+    cdef floating f, dq, acc, gv
+    cdef const floating* wr
+    cdef floating* dwr
+    cdef floating* suffix = grad_usage_prev
+    cdef floating* prefix = grad_write_prev
+    for n in range(N):
+        suffix[n] = 1
+        prefix[n] = 1
+    # grad_read_prev[r, n] = Π_{r' > r} q_{r'}[n]; finally suffix = ψ.
+    for r in range(R - 1, -1, -1):
+        f = free_gates[r]
+        wr = read_prev + r * N
+        dwr = grad_read_prev + r * N
+        for n in range(N):
+            dwr[n] = suffix[n]
+            suffix[n] *= 1 - f * wr[n]
+    for r in range(R):
+        f = free_gates[r]
+        wr = read_prev + r * N
+        dwr = grad_read_prev + r * N
+        acc = 0
+        for n in range(N):
+            gv = grad_usage[n] * (usage_prev[n] + write_prev[n] - usage_prev[n] * write_prev[n])
+            dq = gv * (prefix[n] * dwr[n])
+            dwr[n] = -f * dq
+            acc -= wr[n] * dq
+            prefix[n] *= 1 - f * wr[n]
+        grad_free[r] = acc
+    for n in range(N):
+        # suffix[n] holds ψ[n]
+        f = grad_usage[n] * suffix[n]
+        grad_usage_prev[n] = f * (1 - write_prev[n])
+        grad_write_prev[n] = f * (1 - usage_prev[n])
+
+
+def usage_backward(const floating[:, ::1] usage_prev, const floating[:, ::1] write_weights_prev,
+                   const floating[:, :, ::1] read_weights_prev, const floating[:, ::1] free_gates,
+                   const floating[:, ::1] grad_usage, floating[:, ::1] grad_usage_prev,
+                   floating[:, ::1] grad_write_weights_prev,
+                   floating[:, :, ::1] grad_read_weights_prev, floating[:, ::1] grad_free_gates,
+                   int num_threads=1):
+    """Gradients of the four inputs of the usage update from grad_usage (B, N)."""
+    cdef Py_ssize_t B = usage_prev.shape[0], N = usage_prev.shape[1]
+    cdef Py_ssize_t R = read_weights_prev.shape[1]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _usage_backward_row(&usage_prev[b, 0], &write_weights_prev[b, 0],
+                            &read_weights_prev[b, 0, 0], &free_gates[b, 0], &grad_usage[b, 0],
+                            &grad_usage_prev[b, 0], &grad_write_weights_prev[b, 0],
+                            &grad_read_weights_prev[b, 0, 0], &grad_free_gates[b, 0], N, R)
+
+
+# ---------------------------------------------------------------- allocation
+
+cdef inline void _stable_argsort(const floating* key, int64_t* order, int64_t* tmp,
+                                 Py_ssize_t N) noexcept nogil:
+    """Stable ascending argsort of key[0:N] into order (tmp: N scratch).
+
+    Insertion sort of runs of 16, then bottom-up merges; ties keep index
+    order because the left run wins on equality.  Only indices in [0, N) are
+    ever written, whatever the keys (even NaN), so no access goes out of
+    bounds.
+    """
+    cdef Py_ssize_t i, j, lo, mid, hi, width, p, q, out_pos
+    cdef int64_t item
+    cdef floating v
+    cdef int64_t* src = order
+    cdef int64_t* dst = tmp
+    cdef int64_t* swap
+    cdef Py_ssize_t RUN = 16
+    for i in range(N):
+        order[i] = i
+    # insertion sort of each run [lo, lo + RUN)
+    lo = 0
+    while lo < N:
+        hi = lo + RUN
+        if hi > N:
+            hi = N
+        for i in range(lo + 1, hi):
+            item = order[i]
+            v = key[item]
+            j = i
+            while j > lo and key[order[j - 1]] > v:
+                order[j] = order[j - 1]
+                j = j - 1
+            order[j] = item
+        lo = hi
+    # merges of runs of width 16, 32, ...
+    width = RUN
+    while width < N:
+        lo = 0
+        while lo < N:
+            mid = lo + width
+            if mid > N:
+                mid = N
+            hi = lo + 2 * width
+            if hi > N:
+                hi = N
+            p = lo
+            q = mid
+            out_pos = lo
+            while p < mid and q < hi:
+                if key[src[q]] < key[src[p]]:
+                    dst[out_pos] = src[q]
+                    q = q + 1
+                else:
+                    dst[out_pos] = src[p]
+                    p = p + 1
+                out_pos = out_pos + 1
+            while p < mid:
+                dst[out_pos] = src[p]
+                p = p + 1
+                out_pos = out_pos + 1
+            while q < hi:
+                dst[out_pos] = src[q]
+                q = q + 1
+                out_pos = out_pos + 1
+            lo = hi
+        swap = src
+        src = dst
+        dst = swap
+        width = 2 * width
+    if src != order:
+        for i in range(N):
+            order[i] = src[i]
+
+
+cdef inline void _allocation_row(const floating* usage, floating* out, int64_t* order,
+                                 floating* prefix, int64_t* tmp,
+                                 Py_ssize_t N) noexcept nogil:
+    """Allocation weighting of one batch row.
+
+    ``out`` first holds û (the sort keys), then, slot by slot in sorted
+    order, the allocation.  ``order`` receives φ and ``prefix`` the exclusive
+    products z_j = Π_{i<j} û[φ_i] (in sorted order), both kept for the
+    backward.
+    """
+    cdef Py_ssize_t j
+    cdef int64_t slot
+    cdef floating eps = <floating> ALLOCATION_EPSILON
+    cdef floating keep = 1 - eps
+    cdef floating z = 1
+    cdef floating u_hat
+    for j in range(N):
+        out[j] = eps + keep * usage[j]
+    _stable_argsort(out, order, tmp, N)
+    for j in range(N):
+        slot = order[j]
+        u_hat = out[slot]
+        prefix[j] = z
+        out[slot] = (1 - u_hat) * z
+        z = z * u_hat
+
+
+def allocation_forward(const floating[:, ::1] usage, floating[:, ::1] allocation,
+                       int64_t[:, ::1] order, floating[:, ::1] prefix, int64_t[:, ::1] work,
+                       int num_threads=1):
+    """allocation (B, N) from usage (B, N).
+
+    Also fills ``order`` (B, N), the free list φ, and ``prefix`` (B, N), the
+    exclusive products in sorted order; ``work`` (B, N) is scratch.
+    """
+    cdef Py_ssize_t B = usage.shape[0], N = usage.shape[1]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _allocation_row(&usage[b, 0], &allocation[b, 0], &order[b, 0], &prefix[b, 0],
+                        &work[b, 0], N)
+
+
+cdef inline void _allocation_backward_row(const floating* usage, const int64_t* order,
+                                          const floating* prefix, const floating* grad_out,
+                                          floating* grad_usage, Py_ssize_t N) noexcept nogil:
+    """Backward of one batch row of the allocation weighting.
+
+    In sorted order, with s_j = û[φ_j], z_j = Π_{i<j} s_i and a_j = (1 − s_j) z_j:
+    dL/ds_j = z_j (T_j − g_j), where T_j = Σ_{k>j} g_k (1 − s_k) Π_{j<i<k} s_i
+    obeys the suffix recursion T_{N−1} = 0, T_{j−1} = g_j (1 − s_j) + s_j T_j.
+    No division (by û or anything else).  Then du = (1 − ε) dû.
+    """
+    cdef Py_ssize_t j
+    cdef int64_t slot
+    cdef floating eps = <floating> ALLOCATION_EPSILON
+    cdef floating keep = 1 - eps
+    cdef floating tail = 0
+    cdef floating s, g
+    for j in range(N - 1, -1, -1):
+        slot = order[j]
+        s = eps + keep * usage[slot]
+        g = grad_out[slot]
+        grad_usage[slot] = keep * (prefix[j] * (tail - g))
+        tail = g * (1 - s) + s * tail
+
+
+def allocation_backward(const floating[:, ::1] usage, const int64_t[:, ::1] order,
+                        const floating[:, ::1] prefix, const floating[:, ::1] grad_allocation,
+                        floating[:, ::1] grad_usage, int num_threads=1):
+    """Gradient of usage (B, N) from grad_allocation (B, N); φ held constant."""
+    cdef Py_ssize_t B = usage.shape[0], N = usage.shape[1]
+    cdef Py_ssize_t b
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _allocation_backward_row(&usage[b, 0], &order[b, 0], &prefix[b, 0],
+                                 &grad_allocation[b, 0], &grad_usage[b, 0], N)

@@ -1,0 +1,95 @@
+"""Compiled DNC allocation: validated wrappers around ``dmem._kernels.allocation``.
+
+Shapes: ``B`` batch, ``N`` memory slots, ``R`` read heads.  See
+:mod:`dmem.reference.allocation` for the equations.
+"""
+
+import numpy as np
+
+from .._kernels import allocation as _kernels
+from ._common import Saved, backward_grads, empty, forward_inputs, threads
+
+
+def _keep(arrays):
+    # Views, so that marking the saved state read-only leaves the caller's arrays alone.
+    return [a.view() for a in arrays]
+
+
+def _saved_arrays(saved, dims, output_dims):
+    """The saved arrays, checked against the axis letters ``dims`` of each.
+
+    A :class:`Saved` is made by the forward; this guards the kernels (which
+    run without bounds checks) against one assembled by hand: the saved
+    arrays and the recorded output shape (which the gradient was checked
+    against) must agree with the recorded sizes.
+    """
+    arrays = saved.arrays
+
+    def shape(letters):
+        return tuple(saved.sizes.get(d, -1) for d in letters)
+
+    if (
+        len(arrays) != len(dims)
+        or any(a.shape != shape(letters) for a, letters in zip(arrays, dims))
+        or [s for s, _ in saved.outputs] != [shape(output_dims)]
+    ):
+        raise TypeError(f"{saved.op}_backward: saved state does not match its forward")
+    return arrays
+
+
+def usage_forward(usage_prev, write_weights_prev, read_weights_prev, free_gates):
+    """Usage ``u = (u_prev + w − u_prev ∘ w) ∘ Π_r (1 − f_r w_r)`` (DNC Methods).
+
+    usage_prev `(B, N)`, write_weights_prev `(B, N)`, read_weights_prev
+    `(B, R, N)`, free_gates `(B, R)` -> ``(usage (B, N), saved)``.
+    """
+    arrays, sizes = forward_inputs(
+        "usage", (usage_prev, write_weights_prev, read_weights_prev, free_gates)
+    )
+    out = empty((sizes["B"], sizes["N"]), sizes["dtype"])
+    _kernels.usage_forward(*arrays, out, num_threads=threads())
+    return out, Saved("usage", _keep(arrays), [out], sizes)
+
+
+def usage_backward(saved, grad_usage):
+    """Gradients of ``usage``: grad_usage `(B, N)` -> (usage_prev `(B, N)`,
+    write_weights_prev `(B, N)`, read_weights_prev `(B, R, N)`, free_gates `(B, R)`)."""
+    (grad_usage,) = backward_grads("usage", saved, (grad_usage,))
+    arrays = _saved_arrays(saved, ("BN", "BN", "BRN", "BR"), "BN")
+    grads = tuple(empty(a.shape, a.dtype) for a in arrays)
+    _kernels.usage_backward(*arrays, grad_usage, *grads, num_threads=threads())
+    return grads
+
+
+def allocation_forward(usage):
+    """Allocation weighting (DNC Methods): ``û = ε + (1 − ε) u`` (ε = 1e-6),
+    ``φ`` = stable ascending argsort of ``û``, ``a[φ_j] = (1 − û[φ_j]) Π_{i<j} û[φ_i]``.
+
+    usage `(B, N)` -> ``(allocation (B, N), saved)``.  The saved state holds
+    the usage, the free list ``φ`` (int64, `(B, N)`) and the exclusive
+    products in sorted order (`(B, N)`); the backward holds ``φ`` constant.
+    """
+    (usage,), sizes = forward_inputs("allocation", (usage,))
+    shape = (sizes["B"], sizes["N"])
+    out = empty(shape, sizes["dtype"])
+    order = empty(shape, np.int64)
+    prefix = empty(shape, sizes["dtype"])
+    work = empty(shape, np.int64)
+    _kernels.allocation_forward(usage, out, order, prefix, work, num_threads=threads())
+    return out, Saved("allocation", [usage.view(), order, prefix], [out], sizes)
+
+
+def allocation_backward(saved, grad_allocation):
+    """Gradient of ``allocation``: grad_allocation `(B, N)` -> (usage `(B, N)`,).
+
+    A suffix recursion over the sorted order; no division by the usage.
+    """
+    (grad_allocation,) = backward_grads("allocation", saved, (grad_allocation,))
+    usage, order, prefix = _saved_arrays(saved, ("BN", "BN", "BN"), "BN")
+    grad_usage = empty(usage.shape, usage.dtype)
+    _kernels.allocation_backward(usage, order, prefix, grad_allocation, grad_usage,
+                                 num_threads=threads())
+    return (grad_usage,)
+
+
+__all__ = ["usage_forward", "usage_backward", "allocation_forward", "allocation_backward"]

@@ -1,0 +1,92 @@
+"""Compiled memory reads and writes: validated wrappers around ``dmem._kernels.memory``.
+
+Shapes: ``B`` batch, ``N`` memory slots, ``W`` word size, ``H`` heads.  See
+:mod:`dmem.reference.memory` for the equations.
+"""
+
+from .._kernels import memory as _kernels
+from ._common import Saved, backward_grads, empty, forward_inputs, threads
+
+
+def _keep(arrays):
+    # Views, so that marking the saved state read-only leaves the caller's arrays alone.
+    return [a.view() for a in arrays]
+
+
+def _saved_arrays(saved, dims, output_dims):
+    """The saved arrays, checked against the axis letters ``dims`` of each.
+
+    A :class:`Saved` is made by the forward; this guards the kernels (which
+    run without bounds checks) against one assembled by hand: the saved
+    arrays and the recorded output shape (which the gradient was checked
+    against) must agree with the recorded sizes.
+    """
+    arrays = saved.arrays
+
+    def shape(letters):
+        return tuple(saved.sizes.get(d, -1) for d in letters)
+
+    if (
+        len(arrays) != len(dims)
+        or any(a.shape != shape(letters) for a, letters in zip(arrays, dims))
+        or [s for s, _ in saved.outputs] != [shape(output_dims)]
+    ):
+        raise TypeError(f"{saved.op}_backward: saved state does not match its forward")
+    return arrays
+
+
+def read_forward(memory, weights):
+    """Read vectors ``r_h = Σ_i w_{h,i} M_i``.
+
+    memory `(B, N, W)`, weights `(B, H, N)` -> ``(reads (B, H, W), saved)``.
+    """
+    arrays, sizes = forward_inputs("read", (memory, weights))
+    memory, weights = arrays
+    reads = empty((sizes["B"], sizes["H"], sizes["W"]), sizes["dtype"])
+    _kernels.read_forward(memory, weights, reads, num_threads=threads())
+    return reads, Saved("read", _keep(arrays), [reads], sizes)
+
+
+def read_backward(saved, grad_reads):
+    """Gradients of ``read``: grad_reads `(B, H, W)` -> (memory `(B, N, W)`, weights `(B, H, N)`)."""
+    (grad_reads,) = backward_grads("read", saved, (grad_reads,))
+    memory, weights = _saved_arrays(saved, ("BNW", "BHN"), "BHW")
+    grad_memory = empty(memory.shape, memory.dtype)
+    grad_weights = empty(weights.shape, weights.dtype)
+    _kernels.read_backward(memory, weights, grad_reads, grad_memory, grad_weights,
+                           num_threads=threads())
+    return grad_memory, grad_weights
+
+
+def write_forward(memory, weights, erase, add):
+    """Memory after a write, ``M ∘ Π_h (1 − w_h e_hᵀ) + Σ_h w_h a_hᵀ``.
+
+    memory `(B, N, W)`, weights `(B, H, N)`, erase `(B, H, W)`, add `(B, H, W)`
+    -> ``(memory (B, N, W), saved)``.
+    """
+    arrays, sizes = forward_inputs("write", (memory, weights, erase, add))
+    memory, weights, erase, add = arrays
+    out = empty(memory.shape, sizes["dtype"])
+    _kernels.write_forward(memory, weights, erase, add, out, num_threads=threads())
+    return out, Saved("write", _keep(arrays), [out], sizes)
+
+
+def write_backward(saved, grad_memory):
+    """Gradients of ``write``: grad_memory `(B, N, W)` -> (memory `(B, N, W)`,
+    weights `(B, H, N)`, erase `(B, H, W)`, add `(B, H, W)`)."""
+    (grad_out,) = backward_grads("write", saved, (grad_memory,))
+    memory, weights, erase, add = _saved_arrays(saved, ("BNW", "BHN", "BHW", "BHW"), "BNW")
+    dtype = memory.dtype
+    grads = (
+        empty(memory.shape, dtype),
+        empty(weights.shape, dtype),
+        empty(erase.shape, dtype),
+        empty(add.shape, dtype),
+    )
+    work = empty((erase.shape[0], erase.shape[1] + 1, erase.shape[2]), dtype)
+    _kernels.write_backward(memory, weights, erase, add, grad_out, *grads, work,
+                            num_threads=threads())
+    return grads
+
+
+__all__ = ["read_forward", "read_backward", "write_forward", "write_backward"]

@@ -1,0 +1,385 @@
+"""Compiled usage/allocation kernels against the autograd reference."""
+
+import importlib
+
+import autograd.numpy as anp
+import numpy as np
+import pytest
+from autograd import grad, make_vjp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dmem
+from dmem.compiled._common import Saved
+
+# dmem.compiled and dmem.reference re-export the ops under the modules' names; take the modules.
+compiled = importlib.import_module("dmem.compiled.allocation")
+reference = importlib.import_module("dmem.reference.allocation")
+
+NAMES = ["usage", "allocation"]
+EPS = 1e-6
+
+
+def make_inputs(name, rng, B=3, N=7, R=2, dtype=np.float64, ties=False):
+    """Usage, weightings and gates in [0, 1]; for usage, a few saturated f = w_read = 1.
+
+    With ``ties``, usages are drawn from a few levels (0, 0.25, ..., 1), so
+    that many are exactly equal, including exactly 0 and 1.
+    """
+    if ties:
+        u = rng.integers(0, 5, (B, N)) / 4.0
+    else:
+        u = rng.uniform(0, 1, (B, N))
+    if name == "allocation":
+        return [u.astype(dtype)]
+    write = rng.uniform(0, 1, (B, N))
+    read = rng.uniform(0, 1, (B, R, N))
+    free = rng.uniform(0, 1, (B, R))
+    free[0, :] = 1.0
+    read[0, :, N // 2] = 1.0
+    return [x.astype(dtype) for x in (u, write, read, free)]
+
+
+def run_compiled(name, inputs, cotangent):
+    out, saved = getattr(compiled, name + "_forward")(*inputs)
+    return out, getattr(compiled, name + "_backward")(saved, cotangent)
+
+
+def run_reference(name, inputs, cotangent):
+    vjp, out = make_vjp(lambda args: getattr(reference, name)(*args))(tuple(inputs))
+    return out, vjp(cotangent)
+
+
+def assert_matches_reference(name, inputs, rng, rtol_out=1e-10, rtol_grad=1e-9):
+    """Values and gradients against the float64 reference.
+
+    The absolute tolerance is relative to the largest entry (allocation
+    weights and their gradients shrink geometrically along the free list).
+    """
+    ref_inputs = [np.asarray(x, dtype=np.float64) for x in inputs]
+    cotangent = rng.standard_normal(ref_inputs[0].shape)
+    ref_out, ref_grads = run_reference(name, ref_inputs, cotangent)
+    out, grads = run_compiled(name, inputs, cotangent)
+    np.testing.assert_allclose(out, ref_out, rtol=rtol_out, atol=rtol_out * 1e-3 * np.max(np.abs(ref_out)))
+    assert len(grads) == len(inputs)
+    for got, want, x in zip(grads, ref_grads, inputs):
+        assert got.shape == np.shape(x)
+        np.testing.assert_allclose(got, want, rtol=rtol_grad, atol=rtol_grad * 1e-3 * (np.max(np.abs(want)) + 1e-300))
+
+
+def separated_usages(rng, B, N):
+    """Usages at least 0.5/N apart (no ties, and no near-ties for float32 either)."""
+    grid = np.linspace(0.02, 0.98, N)
+    return np.stack([rng.permutation(grid) for _ in range(B)])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("B,N,R", [(1, 1, 1), (3, 7, 2), (2, 1, 4), (4, 16, 4), (2, 33, 1), (2, 130, 3)])
+def test_forward_and_backward_match_reference(name, B, N, R):
+    rng = np.random.default_rng(B * 1000 + N * 10 + R)
+    assert_matches_reference(name, make_inputs(name, rng, B, N, R), rng)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=30, deadline=None)
+@given(
+    B=st.integers(1, 8), N=st.integers(1, 40), R=st.integers(1, 5), ties=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_hypothesis_shapes_match_reference(name, B, N, R, ties, seed):
+    rng = np.random.default_rng(seed)
+    assert_matches_reference(name, make_inputs(name, rng, B, N, R, ties=ties), rng)
+
+
+# ---------------------------------------------------------------- allocation specifics
+
+def test_allocation_ties_follow_index_order_and_saved_free_list():
+    u = np.array([[0.3, 0.3, 0.3, 0.1, 0.3], [0.5, 0.5, 0.5, 0.5, 0.5]])
+    out, saved = compiled.allocation_forward(u)
+    np.testing.assert_allclose(out, reference.allocation(u), rtol=1e-15)
+    assert out[0, 3] > out[0, 0] > out[0, 1] > out[0, 2] > out[0, 4]
+    assert np.all(np.diff(out[1]) < 0)
+    order = saved.arrays[1]
+    assert order.dtype == np.int64 and not order.flags.writeable
+    np.testing.assert_array_equal(order, np.argsort(u, axis=1, kind="stable"))
+    np.testing.assert_array_equal(order[0], [3, 0, 1, 2, 4])
+
+
+def test_allocation_free_list_is_stable_argsort_for_large_rows_with_many_ties():
+    # Rows longer than the sort's insertion runs, with many ties: exercises the merges.
+    rng = np.random.default_rng(20)
+    for N in (17, 100, 1024, 1031):
+        u = rng.integers(0, 7, (3, N)) / 6.0
+        _, saved = compiled.allocation_forward(u)
+        np.testing.assert_array_equal(saved.arrays[1], np.argsort(u, axis=1, kind="stable"))
+        u = rng.uniform(0, 1, (3, N))
+        _, saved = compiled.allocation_forward(u)
+        np.testing.assert_array_equal(saved.arrays[1], np.argsort(u, axis=1, kind="stable"))
+
+
+@pytest.mark.parametrize("N", [1, 4, 64])
+def test_allocation_all_zero_usage(N):
+    rng = np.random.default_rng(21)
+    u = np.zeros((2, N))
+    out, _ = compiled.allocation_forward(u)
+    expected = (1 - EPS) * EPS ** np.arange(N)
+    np.testing.assert_allclose(out, np.stack([expected, expected]), rtol=1e-14)
+    assert_matches_reference("allocation", [u], rng)
+
+
+@pytest.mark.parametrize("N", [1, 4, 64])
+def test_allocation_all_one_usage(N):
+    rng = np.random.default_rng(22)
+    u = np.ones((2, N))
+    cotangent = rng.standard_normal((2, N))
+    out, (grad_u,) = run_compiled("allocation", [u], cotangent)
+    np.testing.assert_array_equal(out, 0.0)
+    np.testing.assert_allclose(grad_u, -(1 - EPS) * cotangent, rtol=1e-15)
+    assert_matches_reference("allocation", [u], rng)
+
+
+def test_allocation_single_slot():
+    u = np.array([[0.25], [1.0], [0.0]])
+    out, (grad_u,) = run_compiled("allocation", [u], np.ones((3, 1)))
+    np.testing.assert_allclose(out, 1 - (EPS + (1 - EPS) * u), rtol=1e-15)
+    np.testing.assert_allclose(grad_u, -(1 - EPS), rtol=1e-15)
+
+
+@pytest.mark.parametrize("N", [256, 1024])
+def test_allocation_large_rows_match_reference(N):
+    rng = np.random.default_rng(N)
+    assert_matches_reference("allocation", [rng.uniform(0, 1, (2, N))], rng)
+    assert_matches_reference("allocation", [rng.integers(0, 9, (2, N)) / 8.0], rng)
+
+
+def test_allocation_invariants():
+    rng = np.random.default_rng(23)
+    u = rng.uniform(0, 1, (6, 50))
+    out, _ = compiled.allocation_forward(u)
+    assert np.all((out >= 0) & (out <= 1))
+    assert np.all(out.sum(axis=1) <= 1 + 1e-15)
+    np.testing.assert_array_equal(np.argmax(out, axis=1), np.argmin(u, axis=1))
+
+
+def test_usage_saturated_free_gate_gives_finite_gradients():
+    rng = np.random.default_rng(24)
+    inputs = make_inputs("usage", rng, B=2, N=5, R=3)
+    inputs[3][:] = 1.0
+    inputs[2][:, :, 1] = 1.0
+    out, grads = run_compiled("usage", inputs, np.ones((2, 5)))
+    np.testing.assert_array_equal(out[:, 1], 0.0)
+    for g in grads:
+        assert np.all(np.isfinite(g))
+    assert_matches_reference("usage", inputs, rng)
+
+
+# ---------------------------------------------------------------- common properties
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_kernels_match_float64_reference(name):
+    # float32 round-off over products of up to N factors: rtol 1e-4, atol 1e-5 (relative to the scale).
+    rng = np.random.default_rng(2)
+    if name == "allocation":
+        inputs = [separated_usages(rng, 4, 64).astype(np.float32)]
+    else:
+        inputs = make_inputs(name, rng, B=4, N=64, R=4, dtype=np.float32)
+    out, grads = run_compiled(name, inputs, rng.standard_normal((4, 64)))
+    assert out.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
+    assert_matches_reference(name, inputs, rng, rtol_out=1e-4, rtol_grad=1e-4)
+    out64, _ = run_reference(name, [x.astype(np.float64) for x in inputs], np.ones((4, 64)))
+    np.testing.assert_allclose(out, out64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inputs_and_cotangent_are_not_mutated_and_stay_writeable(name):
+    rng = np.random.default_rng(4)
+    inputs = make_inputs(name, rng)
+    copies = [x.copy() for x in inputs]
+    out, saved = getattr(compiled, name + "_forward")(*inputs)
+    cotangent = rng.standard_normal(out.shape)
+    cot_copy = cotangent.copy()
+    getattr(compiled, name + "_backward")(saved, cotangent)
+    for x, c in zip(inputs, copies):
+        np.testing.assert_array_equal(x, c)
+        assert x.flags.writeable
+    np.testing.assert_array_equal(cotangent, cot_copy)
+    for a in saved.arrays:
+        assert not a.flags.writeable
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_one_and_two_threads_are_bitwise_identical(name, ties):
+    rng = np.random.default_rng(5)
+    inputs = make_inputs(name, rng, B=8, N=100, R=4, ties=ties)
+    cotangent = rng.standard_normal((8, 100))
+    before = dmem.get_num_threads()
+    try:
+        dmem.set_num_threads(1)
+        out1, grads1 = run_compiled(name, inputs, cotangent)
+        dmem.set_num_threads(2)
+        out2, grads2 = run_compiled(name, inputs, cotangent)
+    finally:
+        dmem.set_num_threads(before)
+    assert np.array_equal(out1, out2)
+    for g1, g2 in zip(grads1, grads2):
+        assert np.array_equal(g1, g2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_autograd_through_the_primitive_equals_autograd_through_reference(name):
+    rng = np.random.default_rng(6)
+    inputs = tuple(make_inputs(name, rng, N=9))
+    primitive = getattr(dmem.compiled, name)
+    ref = getattr(reference, name)
+
+    def loss(fn):
+        return lambda args: anp.sum(anp.sin(3.0 * fn(*args)) * anp.arange(1.0, 10.0))
+
+    got = grad(loss(primitive))(inputs)
+    want = grad(loss(ref))(inputs)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_contiguous_and_fortran_inputs_give_the_same_results(name):
+    rng = np.random.default_rng(7)
+    inputs = make_inputs(name, rng, B=3, N=6, R=2)
+    cotangent = rng.standard_normal((3, 6))
+    out, grads = run_compiled(name, inputs, cotangent)
+    fortran = [np.asfortranarray(x) for x in inputs]
+    strided = []
+    for x in inputs:
+        big = np.zeros(x.shape[:-1] + (2 * x.shape[-1],))
+        big[..., ::2] = x
+        strided.append(big[..., ::2])
+    assert not strided[0].flags.c_contiguous and not fortran[0].flags.c_contiguous
+    for variant in (fortran, strided):
+        out_v, grads_v = run_compiled(name, variant, np.asfortranarray(cotangent))
+        np.testing.assert_array_equal(out_v, out)
+        for g, gv in zip(grads, grads_v):
+            np.testing.assert_array_equal(gv, g)
+
+
+def test_mixed_float32_and_float64_run_in_float64():
+    rng = np.random.default_rng(8)
+    inputs = make_inputs("usage", rng)
+    mixed = [x.astype(np.float32) if i % 2 == 0 else x for i, x in enumerate(inputs)]
+    upcast = [np.asarray(x, dtype=np.float64) for x in mixed]
+    cotangent = rng.standard_normal((3, 7))
+    out, grads = run_compiled("usage", mixed, cotangent)
+    out64, grads64 = run_compiled("usage", upcast, cotangent)
+    assert out.dtype == np.float64 and all(g.dtype == np.float64 for g in grads)
+    np.testing.assert_array_equal(out, out64)
+    for g, g64 in zip(grads, grads64):
+        np.testing.assert_array_equal(g, g64)
+    # allocation has one input: a float32 usage with a float64 gradient stays float32 (the output's dtype).
+    u32 = inputs[0].astype(np.float32)
+    out32, (g32,) = run_compiled("allocation", [u32], cotangent)
+    assert out32.dtype == np.float32 and g32.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_inputs_run_in_float64(name):
+    inputs = [np.ones(x.shape, dtype=np.int64) for x in make_inputs(name, np.random.default_rng(9))]
+    out, grads = run_compiled(name, inputs, np.ones((3, 7)))
+    assert out.dtype == np.float64 and all(g.dtype == np.float64 for g in grads)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_none_cotangent_gives_zero_gradients(name):
+    inputs = make_inputs(name, np.random.default_rng(9))
+    _, saved = getattr(compiled, name + "_forward")(*inputs)
+    for g, x in zip(getattr(compiled, name + "_backward")(saved, None), inputs):
+        assert g.shape == x.shape
+        np.testing.assert_array_equal(g, 0.0)
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_ndim_raises(name):
+    bad = list(make_inputs(name, np.random.default_rng(10)))
+    bad[0] = bad[0][..., None]
+    with pytest.raises(ValueError, match=r"usage(_prev)? must have shape \(B, N\)"):
+        getattr(compiled, name + "_forward")(*bad)
+
+
+def test_disagreeing_sizes_raise():
+    inputs = make_inputs("usage", np.random.default_rng(11))
+    bad = list(inputs)
+    bad[2] = bad[2][:, :, :-1]
+    with pytest.raises(ValueError, match="read_weights_prev has memory slots"):
+        compiled.usage_forward(*bad)
+    bad = list(inputs)
+    bad[3] = bad[3][:, :1]
+    with pytest.raises(ValueError, match="read heads"):
+        compiled.usage_forward(*bad)
+    bad = list(inputs)
+    bad[1] = bad[1][:1]
+    with pytest.raises(ValueError, match="batch"):
+        compiled.usage_forward(*bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_axis_raises(name):
+    bad = list(make_inputs(name, np.random.default_rng(12)))
+    bad[0] = bad[0][:, :0]
+    with pytest.raises(ValueError, match="empty axis"):
+        getattr(compiled, name + "_forward")(*bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_complex_dtype_raises(name):
+    bad = list(make_inputs(name, np.random.default_rng(13)))
+    bad[0] = bad[0].astype(np.complex128)
+    with pytest.raises(TypeError, match="must be a float32 or float64"):
+        getattr(compiled, name + "_forward")(*bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_number_of_inputs_raises(name):
+    inputs = make_inputs(name, np.random.default_rng(14))
+    with pytest.raises(TypeError):
+        getattr(compiled, name + "_forward")(*inputs, inputs[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_garbage_saved_raises(name):
+    inputs = make_inputs(name, np.random.default_rng(15))
+    out, _ = getattr(compiled, name + "_forward")(*inputs)
+    other = "allocation" if name == "usage" else "usage"
+    _, other_saved = getattr(compiled, other + "_forward")(*make_inputs(other, np.random.default_rng(15)))
+    backward = getattr(compiled, name + "_backward")
+    for garbage in (None, "saved", (inputs, out), other_saved):
+        with pytest.raises(TypeError, match="saved must be the state returned by"):
+            backward(garbage, np.ones_like(out))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hand_assembled_saved_with_wrong_shapes_raises(name):
+    inputs = make_inputs(name, np.random.default_rng(17))
+    out, saved = getattr(compiled, name + "_forward")(*inputs)
+    shrunk = [np.ascontiguousarray(a[:, :1]) for a in saved.arrays]
+    forged = Saved(name, shrunk, [out], saved.sizes)
+    with pytest.raises(TypeError, match="saved state does not match its forward"):
+        getattr(compiled, name + "_backward")(forged, np.ones_like(out))
+    # arrays right, but a recorded output shape that would let a small gradient through
+    small = np.ones((1,) * out.ndim)
+    forged = Saved(name, list(saved.arrays), [small], saved.sizes)
+    with pytest.raises(TypeError, match="saved state does not match its forward"):
+        getattr(compiled, name + "_backward")(forged, small)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_gradient_shape_raises(name):
+    inputs = make_inputs(name, np.random.default_rng(16))
+    out, saved = getattr(compiled, name + "_forward")(*inputs)
+    backward = getattr(compiled, name + "_backward")
+    with pytest.raises(ValueError, match="gradient 0 must have the shape"):
+        backward(saved, np.ones(out.shape + (1,)))
+    with pytest.raises(ValueError, match="gradient 0 must have the shape"):
+        backward(saved, np.ones((out.shape[0], out.shape[1] + 1)))
+    with pytest.raises(TypeError, match="must be a float array"):
+        backward(saved, np.ones(out.shape, dtype=np.complex128))
