@@ -14,7 +14,7 @@ from dmem import _backend
 def run_python(code, **env):
     """Run ``code`` in a fresh interpreter with extra environment; return stdout, stderr."""
     environment = dict(os.environ)
-    for key in ("DMEM_BACKEND", "DMEM_NUM_THREADS"):
+    for key in ("DMEM_BACKEND", "DMEM_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         environment.pop(key, None)
     environment.update(env)
     # The child imports the same dmem as this process (installed or source tree).
@@ -147,3 +147,10 @@ def test_compiled_build_has_openmp_facts():
 
         assert _info.parallel_sum(np.arange(100.0), 2) == 4950.0
         assert facts["openmp"] == _info.openmp_enabled()
+
+
+def test_openmp_threads_sleep_when_idle_unless_the_user_chose():
+    proc = run_python("import os, dmem; print(os.environ.get('OMP_WAIT_POLICY'))")
+    assert proc.stdout.strip() == "passive", proc.stderr
+    proc = run_python("import os, dmem; print(os.environ.get('OMP_WAIT_POLICY'))", OMP_WAIT_POLICY="active")
+    assert proc.stdout.strip() == "active", proc.stderr

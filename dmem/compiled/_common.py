@@ -62,9 +62,20 @@ def backward_grads(name, saved, grads):
     return check_grads(name, grads, saved.outputs)
 
 
-def threads():
-    """Thread count for the kernels (``dmem.set_num_threads``)."""
-    return get_num_threads()
+# Below this many inner-loop steps a kernel runs on one thread: waking a second
+# thread costs more than it saves.  Results do not depend on the choice.
+PARALLEL_MIN_WORK = 16384
+
+
+def threads(batch=None, work=None):
+    """Thread count for one kernel call: ``dmem.get_num_threads()``, at most one
+    per batch row, and one when ``work`` (inner-loop steps) is small."""
+    n = get_num_threads()
+    if work is not None and work < PARALLEL_MIN_WORK:
+        return 1
+    if batch is not None:
+        n = min(n, batch)
+    return max(1, n)
 
 
 def empty(shape, dtype):

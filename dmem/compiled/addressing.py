@@ -30,18 +30,9 @@ from .._kernels import addressing as _kernels
 from ._common import Saved, backward_grads, forward_inputs, threads
 
 
-PARALLEL_MIN_WORK = 16384
-"""Below this many inner-loop steps (about 10 µs of work) a call runs on one
-thread: starting the OpenMP team would cost more than it saves.  Results do
-not depend on the thread count, so this changes speed only."""
-
-
 def _threads(batch, work):
-    """Thread count for a call: ``dmem.get_num_threads()``, at most one per
-    batch row, and one for small problems (:data:`PARALLEL_MIN_WORK`)."""
-    if work < PARALLEL_MIN_WORK:
-        return 1
-    return max(1, min(threads(), batch))
+    """Thread count for a call (see :func:`dmem.compiled._common.threads`)."""
+    return threads(batch, work)
 
 
 def _work(batch, length):

@@ -47,7 +47,7 @@ def usage_forward(usage_prev, write_weights_prev, read_weights_prev, free_gates)
         "usage", (usage_prev, write_weights_prev, read_weights_prev, free_gates)
     )
     out = empty((sizes["B"], sizes["N"]), sizes["dtype"])
-    _kernels.usage_forward(*arrays, out, num_threads=threads())
+    _kernels.usage_forward(*arrays, out, num_threads=threads(sizes["B"], 2 * arrays[2].size))
     return out, Saved("usage", _keep(arrays), [out], sizes)
 
 
@@ -57,7 +57,8 @@ def usage_backward(saved, grad_usage):
     (grad_usage,) = backward_grads("usage", saved, (grad_usage,))
     arrays = _saved_arrays(saved, ("BN", "BN", "BRN", "BR"), "BN")
     grads = tuple(empty(a.shape, a.dtype) for a in arrays)
-    _kernels.usage_backward(*arrays, grad_usage, *grads, num_threads=threads())
+    _kernels.usage_backward(*arrays, grad_usage, *grads,
+                           num_threads=threads(grad_usage.shape[0], 4 * arrays[2].size))
     return grads
 
 
@@ -75,7 +76,8 @@ def allocation_forward(usage):
     order = empty(shape, np.int64)
     prefix = empty(shape, sizes["dtype"])
     work = empty(shape, np.int64)
-    _kernels.allocation_forward(usage, out, order, prefix, work, num_threads=threads())
+    _kernels.allocation_forward(usage, out, order, prefix, work,
+                                num_threads=threads(sizes["B"], 8 * usage.size))
     return out, Saved("allocation", [usage.view(), order, prefix], [out], sizes)
 
 
@@ -88,7 +90,7 @@ def allocation_backward(saved, grad_allocation):
     usage, order, prefix = _saved_arrays(saved, ("BN", "BN", "BN"), "BN")
     grad_usage = empty(usage.shape, usage.dtype)
     _kernels.allocation_backward(usage, order, prefix, grad_allocation, grad_usage,
-                                 num_threads=threads())
+                                 num_threads=threads(usage.shape[0], 4 * usage.size))
     return (grad_usage,)
 
 

@@ -43,7 +43,7 @@ def read_forward(memory, weights):
     arrays, sizes = forward_inputs("read", (memory, weights))
     memory, weights = arrays
     reads = empty((sizes["B"], sizes["H"], sizes["W"]), sizes["dtype"])
-    _kernels.read_forward(memory, weights, reads, num_threads=threads())
+    _kernels.read_forward(memory, weights, reads, num_threads=threads(sizes["B"], reads.size * sizes["N"]))
     return reads, Saved("read", _keep(arrays), [reads], sizes)
 
 
@@ -54,7 +54,7 @@ def read_backward(saved, grad_reads):
     grad_memory = empty(memory.shape, memory.dtype)
     grad_weights = empty(weights.shape, weights.dtype)
     _kernels.read_backward(memory, weights, grad_reads, grad_memory, grad_weights,
-                           num_threads=threads())
+                           num_threads=threads(memory.shape[0], 2 * weights.size * memory.shape[2]))
     return grad_memory, grad_weights
 
 
@@ -67,7 +67,8 @@ def write_forward(memory, weights, erase, add):
     arrays, sizes = forward_inputs("write", (memory, weights, erase, add))
     memory, weights, erase, add = arrays
     out = empty(memory.shape, sizes["dtype"])
-    _kernels.write_forward(memory, weights, erase, add, out, num_threads=threads())
+    _kernels.write_forward(memory, weights, erase, add, out,
+                          num_threads=threads(sizes["B"], 2 * weights.size * sizes["W"]))
     return out, Saved("write", _keep(arrays), [out], sizes)
 
 
@@ -85,7 +86,7 @@ def write_backward(saved, grad_memory):
     )
     work = empty((erase.shape[0], erase.shape[1] + 1, erase.shape[2]), dtype)
     _kernels.write_backward(memory, weights, erase, add, grad_out, *grads, work,
-                            num_threads=threads())
+                            num_threads=threads(memory.shape[0], 6 * weights.size * memory.shape[2]))
     return grads
 
 
