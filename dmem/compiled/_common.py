@@ -33,10 +33,14 @@ class Saved:
             v = a.view()
             v.flags.writeable = False
             views.append(v)
-        self.op = op
-        self.arrays = tuple(views)
-        self.outputs = tuple((tuple(o.shape), o.dtype) for o in outputs)
-        self.sizes = dict(sizes)
+        set_ = object.__setattr__
+        set_(self, "op", op)
+        set_(self, "arrays", tuple(views))
+        set_(self, "outputs", tuple((tuple(o.shape), o.dtype) for o in outputs))
+        set_(self, "sizes", dict(sizes))
+
+    def __setattr__(self, name, value):
+        raise AttributeError("the saved state of a compiled op is read-only")
 
     def __repr__(self):
         return f"<compiled saved state of {self.op}>"
@@ -59,12 +63,37 @@ def backward_grads(name, saved, grads):
     """
     if not isinstance(saved, Saved) or saved.op != name:
         raise TypeError(f"{name}_backward: saved must be the state returned by {name}_forward")
+    outputs = OPS[name].outputs
+    if len(saved.outputs) != len(outputs) or any(
+        shape != tuple(saved.sizes.get(d, -1) for d in dims)
+        for (shape, _), (_, dims) in zip(saved.outputs, outputs)
+    ):
+        raise TypeError(f"{name}_backward: saved state does not match its forward")
     return check_grads(name, grads, saved.outputs)
 
 
 # Below this many inner-loop steps a kernel runs on one thread: waking a second
 # thread costs more than it saves.  Results do not depend on the choice.
 PARALLEL_MIN_WORK = 16384
+
+
+def saved_arrays(saved, dims):
+    """The arrays of ``saved``, checked against the axis letters ``dims`` of each.
+
+    The kernels run without bounds checks: refuse saved arrays whose shapes
+    disagree with the sizes recorded by the forward (``TypeError``).
+    """
+    arrays = saved.arrays
+    sizes = saved.sizes
+    ok = len(arrays) == len(dims)
+    if ok:
+        for a, letters in zip(arrays, dims):
+            if a.shape != tuple(sizes.get(d, -1) for d in letters) or not a.flags.c_contiguous:
+                ok = False
+                break
+    if not ok:
+        raise TypeError(f"{saved.op}_backward: saved state does not match its forward")
+    return arrays
 
 
 def threads(batch=None, work=None):

@@ -27,7 +27,7 @@ as in the reference.
 import numpy as np
 
 from .._kernels import addressing as _kernels
-from ._common import Saved, backward_grads, forward_inputs, threads
+from ._common import Saved, backward_grads, forward_inputs, saved_arrays, threads
 
 
 def _threads(batch, work):
@@ -69,7 +69,8 @@ def content_weights_backward(saved, grad_weights):
     ``grad_weights`` `(B, H, N)` is the gradient of the weighting (``None`` for zero).
     """
     (grad,) = backward_grads("content_weights", saved, (grad_weights,))
-    memory, keys, strengths, weights, cosines, memory_norms, key_norms = saved.arrays
+    memory, keys, strengths, weights, cosines, memory_norms, key_norms = saved_arrays(
+        saved, ("BNW", "BHW", "BH", "BHN", "BHN", "BN", "BH"))
     B, N, W, H, dtype = (saved.sizes[k] for k in ("B", "N", "W", "H", "dtype"))
     grad_memory = np.empty((B, N, W), dtype=dtype)
     grad_keys = np.empty((B, H, W), dtype=dtype)
@@ -101,7 +102,7 @@ def shift_backward(saved, grad_weights):
     ``grad_weights`` `(B, H, N)` is the gradient of the output (``None`` for zero).
     """
     (grad,) = backward_grads("shift", saved, (grad_weights,))
-    weights, shifts = saved.arrays
+    weights, shifts = saved_arrays(saved, ("BHN", "BHS"))
     B, N, H, S, dtype = (saved.sizes[k] for k in ("B", "N", "H", "S", "dtype"))
     grad_w = np.empty((B, H, N), dtype=dtype)
     grad_s = np.empty((B, H, S), dtype=dtype)
@@ -133,7 +134,7 @@ def sharpen_backward(saved, grad_weights):
     ``grad_weights`` `(B, H, N)` is the gradient of the output (``None`` for zero).
     """
     (grad,) = backward_grads("sharpen", saved, (grad_weights,))
-    weights, gamma, out, log_weights = saved.arrays
+    weights, gamma, out, log_weights = saved_arrays(saved, ("BHN", "BH", "BHN", "BHN"))
     B, N, H, dtype = (saved.sizes[k] for k in ("B", "N", "H", "dtype"))
     grad_w = np.empty((B, H, N), dtype=dtype)
     grad_gamma = np.empty((B, H), dtype=dtype)
@@ -186,7 +187,9 @@ def ntm_address_backward(saved, grad_weights):
         np.empty((B, H), dtype=dtype),     # gamma
         np.empty((B, H, N), dtype=dtype),  # weights_prev
     )
+    arrays = saved_arrays(saved, ("BNW", "BHW", "BH", "BH", "BHS", "BH", "BHN",
+                                  "BHN", "BHN", "BHN", "BN", "BH", "BHN"))
     _kernels.ntm_address_backward(
-        *saved.arrays, grad, *grads, _work(B, 7 * N + 2 * S + W),
+        *arrays, grad, *grads, _work(B, 7 * N + 2 * S + W),
         _threads(B, B * H * N * (W + 2 * S + 8)))
     return grads

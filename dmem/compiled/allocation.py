@@ -7,36 +7,7 @@ Shapes: ``B`` batch, ``N`` memory slots, ``R`` read heads.  See
 import numpy as np
 
 from .._kernels import allocation as _kernels
-from ._common import Saved, backward_grads, empty, forward_inputs, threads
-
-
-def _keep(arrays):
-    # Views, so that marking the saved state read-only leaves the caller's arrays alone.
-    return [a.view() for a in arrays]
-
-
-def _saved_arrays(saved, dims, output_dims):
-    """The saved arrays, checked against the axis letters ``dims`` of each.
-
-    A :class:`Saved` is made by the forward; this guards the kernels (which
-    run without bounds checks) against one assembled by hand: the saved
-    arrays and the recorded output shape (which the gradient was checked
-    against) must agree with the recorded sizes.
-    """
-    arrays = saved.arrays
-
-    def shape(letters):
-        return tuple(saved.sizes.get(d, -1) for d in letters)
-
-    if (
-        len(arrays) != len(dims)
-        or any(a.shape != shape(letters) for a, letters in zip(arrays, dims))
-        or [s for s, _ in saved.outputs] != [shape(output_dims)]
-    ):
-        raise TypeError(f"{saved.op}_backward: saved state does not match its forward")
-    return arrays
-
-
+from ._common import Saved, backward_grads, empty, forward_inputs, saved_arrays, threads
 def usage_forward(usage_prev, write_weights_prev, read_weights_prev, free_gates):
     """Usage ``u = (u_prev + w − u_prev ∘ w) ∘ Π_r (1 − f_r w_r)`` (DNC Methods).
 
@@ -48,14 +19,14 @@ def usage_forward(usage_prev, write_weights_prev, read_weights_prev, free_gates)
     )
     out = empty((sizes["B"], sizes["N"]), sizes["dtype"])
     _kernels.usage_forward(*arrays, out, num_threads=threads(sizes["B"], 2 * arrays[2].size))
-    return out, Saved("usage", _keep(arrays), [out], sizes)
+    return out, Saved("usage", arrays, [out], sizes)
 
 
 def usage_backward(saved, grad_usage):
     """Gradients of ``usage``: grad_usage `(B, N)` -> (usage_prev `(B, N)`,
     write_weights_prev `(B, N)`, read_weights_prev `(B, R, N)`, free_gates `(B, R)`)."""
     (grad_usage,) = backward_grads("usage", saved, (grad_usage,))
-    arrays = _saved_arrays(saved, ("BN", "BN", "BRN", "BR"), "BN")
+    arrays = saved_arrays(saved, ("BN", "BN", "BRN", "BR"))
     grads = tuple(empty(a.shape, a.dtype) for a in arrays)
     _kernels.usage_backward(*arrays, grad_usage, *grads,
                            num_threads=threads(grad_usage.shape[0], 4 * arrays[2].size))
@@ -78,7 +49,7 @@ def allocation_forward(usage):
     work = empty(shape, np.int64)
     _kernels.allocation_forward(usage, out, order, prefix, work,
                                 num_threads=threads(sizes["B"], 8 * usage.size))
-    return out, Saved("allocation", [usage.view(), order, prefix], [out], sizes)
+    return out, Saved("allocation", [usage, order, prefix], [out], sizes)
 
 
 def allocation_backward(saved, grad_allocation):
@@ -87,7 +58,7 @@ def allocation_backward(saved, grad_allocation):
     A suffix recursion over the sorted order; no division by the usage.
     """
     (grad_allocation,) = backward_grads("allocation", saved, (grad_allocation,))
-    usage, order, prefix = _saved_arrays(saved, ("BN", "BN", "BN"), "BN")
+    usage, order, prefix = saved_arrays(saved, ("BN", "BN", "BN"))
     grad_usage = empty(usage.shape, usage.dtype)
     _kernels.allocation_backward(usage, order, prefix, grad_allocation, grad_usage,
                                  num_threads=threads(usage.shape[0], 4 * usage.size))

@@ -5,36 +5,7 @@ Shapes: ``B`` batch, ``N`` memory slots, ``W`` word size, ``H`` heads.  See
 """
 
 from .._kernels import memory as _kernels
-from ._common import Saved, backward_grads, empty, forward_inputs, threads
-
-
-def _keep(arrays):
-    # Views, so that marking the saved state read-only leaves the caller's arrays alone.
-    return [a.view() for a in arrays]
-
-
-def _saved_arrays(saved, dims, output_dims):
-    """The saved arrays, checked against the axis letters ``dims`` of each.
-
-    A :class:`Saved` is made by the forward; this guards the kernels (which
-    run without bounds checks) against one assembled by hand: the saved
-    arrays and the recorded output shape (which the gradient was checked
-    against) must agree with the recorded sizes.
-    """
-    arrays = saved.arrays
-
-    def shape(letters):
-        return tuple(saved.sizes.get(d, -1) for d in letters)
-
-    if (
-        len(arrays) != len(dims)
-        or any(a.shape != shape(letters) for a, letters in zip(arrays, dims))
-        or [s for s, _ in saved.outputs] != [shape(output_dims)]
-    ):
-        raise TypeError(f"{saved.op}_backward: saved state does not match its forward")
-    return arrays
-
-
+from ._common import Saved, backward_grads, empty, forward_inputs, saved_arrays, threads
 def read_forward(memory, weights):
     """Read vectors ``r_h = Σ_i w_{h,i} M_i``.
 
@@ -44,13 +15,13 @@ def read_forward(memory, weights):
     memory, weights = arrays
     reads = empty((sizes["B"], sizes["H"], sizes["W"]), sizes["dtype"])
     _kernels.read_forward(memory, weights, reads, num_threads=threads(sizes["B"], reads.size * sizes["N"]))
-    return reads, Saved("read", _keep(arrays), [reads], sizes)
+    return reads, Saved("read", arrays, [reads], sizes)
 
 
 def read_backward(saved, grad_reads):
     """Gradients of ``read``: grad_reads `(B, H, W)` -> (memory `(B, N, W)`, weights `(B, H, N)`)."""
     (grad_reads,) = backward_grads("read", saved, (grad_reads,))
-    memory, weights = _saved_arrays(saved, ("BNW", "BHN"), "BHW")
+    memory, weights = saved_arrays(saved, ("BNW", "BHN"))
     grad_memory = empty(memory.shape, memory.dtype)
     grad_weights = empty(weights.shape, weights.dtype)
     _kernels.read_backward(memory, weights, grad_reads, grad_memory, grad_weights,
@@ -69,14 +40,14 @@ def write_forward(memory, weights, erase, add):
     out = empty(memory.shape, sizes["dtype"])
     _kernels.write_forward(memory, weights, erase, add, out,
                           num_threads=threads(sizes["B"], 2 * weights.size * sizes["W"]))
-    return out, Saved("write", _keep(arrays), [out], sizes)
+    return out, Saved("write", arrays, [out], sizes)
 
 
 def write_backward(saved, grad_memory):
     """Gradients of ``write``: grad_memory `(B, N, W)` -> (memory `(B, N, W)`,
     weights `(B, H, N)`, erase `(B, H, W)`, add `(B, H, W)`)."""
     (grad_out,) = backward_grads("write", saved, (grad_memory,))
-    memory, weights, erase, add = _saved_arrays(saved, ("BNW", "BHN", "BHW", "BHW"), "BNW")
+    memory, weights, erase, add = saved_arrays(saved, ("BNW", "BHN", "BHW", "BHW"))
     dtype = memory.dtype
     grads = (
         empty(memory.shape, dtype),

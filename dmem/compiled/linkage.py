@@ -1,0 +1,146 @@
+"""Compiled temporal linkage of the DNC: ``precedence``, ``link``,
+``temporal_weights`` and the fused ``link_step``.
+
+Each op ``X`` has ``X_forward(*inputs) -> (outputs, saved)`` and
+``X_backward(saved, *grad_outputs) -> input gradients``; the equations are
+those of :mod:`dmem.reference.linkage` (DNC Methods, temporal memory linkage).
+The diagonal of the link matrix is the constant 0: its cotangent is ignored
+and the diagonal of ``link_prev`` gets a zero gradient.
+
+The saved state refers to the inputs without copying them (read-only views):
+a `(B, N, N)` link matrix is large, and the DNC never modifies its previous
+state.  Do not write into an input between a forward and its backward.
+"""
+
+from .._kernels import linkage as _k
+from .._opspec import OPS
+from ._common import Saved, backward_grads, empty, forward_inputs, saved_arrays, threads
+
+
+def _threads(batch, work):
+    """Threads for a kernel call over ``batch`` rows doing ``work`` values in all."""
+    return threads(batch, work)
+
+
+def _saved_inputs(name, saved):
+    """The inputs kept by ``name``'s forward, checked against the saved sizes."""
+    return saved_arrays(saved, [dims for _, dims in OPS[name].inputs])
+
+
+def precedence_forward(precedence_prev, write_weights):
+    """Precedence weighting ``p = (1 − Σ_i w_i) p_prev + w``.
+
+    ``precedence_prev``, ``write_weights``: `(B, N)`.  Returns
+    ``(precedence, saved)`` with ``precedence`` `(B, N)`.
+    """
+    (pp, w), sizes = forward_inputs("precedence", (precedence_prev, write_weights))
+    p = empty(pp.shape, sizes["dtype"])
+    _k.precedence_forward(pp, w, p, num_threads=_threads(pp.shape[0], pp.size))
+    return p, Saved("precedence", [pp, w], [p], sizes)
+
+
+def precedence_backward(saved, grad_precedence):
+    """Gradients of ``precedence``: ``(grad_precedence_prev, grad_write_weights)``, each `(B, N)`."""
+    (dp,) = backward_grads("precedence", saved, (grad_precedence,))
+    pp, w = _saved_inputs("precedence", saved)
+    dpp = empty(pp.shape, pp.dtype)
+    dw = empty(pp.shape, pp.dtype)
+    _k.precedence_backward(pp, w, dp, dpp, dw, num_threads=_threads(pp.shape[0], pp.size))
+    return dpp, dw
+
+
+def link_forward(link_prev, write_weights, precedence_prev):
+    """Temporal link matrix ``L_ij = (1 − w_i − w_j) L_prev,ij + w_i p_prev,j``, ``L_ii = 0``.
+
+    ``link_prev`` `(B, N, N)`, ``write_weights`` and ``precedence_prev``
+    `(B, N)`.  Returns ``(link, saved)`` with ``link`` `(B, N, N)`.
+    """
+    (lp, w, pp), sizes = forward_inputs("link", (link_prev, write_weights, precedence_prev))
+    link = empty(lp.shape, sizes["dtype"])
+    _k.link_forward(lp, w, pp, link, num_threads=_threads(lp.shape[0], lp.size))
+    return link, Saved("link", [lp, w, pp], [link], sizes)
+
+
+def link_backward(saved, grad_link):
+    """Gradients of ``link``: ``(grad_link_prev (B, N, N), grad_write_weights (B, N),
+    grad_precedence_prev (B, N))``.  The diagonal of ``grad_link`` is ignored."""
+    (dl,) = backward_grads("link", saved, (grad_link,))
+    lp, w, pp = _saved_inputs("link", saved)
+    B, N = w.shape
+    dlp = empty(lp.shape, lp.dtype)
+    dw = empty((B, N), lp.dtype)
+    dpp = empty((B, N), lp.dtype)
+    _k.link_backward(lp, w, pp, dl, dlp, dw, dpp, num_threads=_threads(B, lp.size))
+    return dlp, dw, dpp
+
+
+def temporal_weights_forward(link, read_weights_prev):
+    """Forward and backward weightings ``f_r = L w_r``, ``b_r = Lᵀ w_r``.
+
+    ``link`` `(B, N, N)`, ``read_weights_prev`` `(B, R, N)`.  Returns
+    ``((forward_weights, backward_weights), saved)``, each `(B, R, N)`.
+    """
+    (L, wr), sizes = forward_inputs("temporal_weights", (link, read_weights_prev))
+    f = empty(wr.shape, sizes["dtype"])
+    bw = empty(wr.shape, sizes["dtype"])
+    _k.temporal_weights_forward(L, wr, f, bw,
+                                num_threads=_threads(L.shape[0], L.size * wr.shape[1]))
+    return (f, bw), Saved("temporal_weights", [L, wr], [f, bw], sizes)
+
+
+def temporal_weights_backward(saved, grad_forward_weights, grad_backward_weights):
+    """Gradients of ``temporal_weights``: ``(grad_link (B, N, N), grad_read_weights_prev (B, R, N))``."""
+    df, db = backward_grads("temporal_weights", saved, (grad_forward_weights, grad_backward_weights))
+    L, wr = _saved_inputs("temporal_weights", saved)
+    B, R, N = wr.shape
+    dL = empty(L.shape, L.dtype)
+    dwr = empty(wr.shape, L.dtype)
+    _k.temporal_weights_backward(L, wr, df, db, dL, dwr, num_threads=_threads(B, L.size * R))
+    return dL, dwr
+
+
+def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_prev):
+    """One fused step of the temporal linkage: ``link``, ``precedence``, then
+    ``temporal_weights`` of the new link matrix, in one pass over ``link_prev``.
+
+    ``link_prev`` `(B, N, N)`, ``precedence_prev`` and ``write_weights``
+    `(B, N)`, ``read_weights_prev`` `(B, R, N)`.  Returns
+    ``((link, precedence, forward_weights, backward_weights), saved)`` with
+    shapes `(B, N, N)`, `(B, N)`, `(B, R, N)`, `(B, R, N)`.
+    """
+    (lp, pp, w, wr), sizes = forward_inputs(
+        "link_step", (link_prev, precedence_prev, write_weights, read_weights_prev)
+    )
+    dtype = sizes["dtype"]
+    link = empty(lp.shape, dtype)
+    p = empty(pp.shape, dtype)
+    f = empty(wr.shape, dtype)
+    bw = empty(wr.shape, dtype)
+    _k.link_step_forward(lp, pp, w, wr, link, p, f, bw,
+                         num_threads=_threads(lp.shape[0], lp.size * (1 + wr.shape[1])))
+    outputs = (link, p, f, bw)
+    # The backward recomputes rows of the new link from link_prev: link is not kept.
+    return outputs, Saved("link_step", [lp, pp, w, wr], outputs, sizes)
+
+
+def link_step_backward(saved, grad_link, grad_precedence, grad_forward_weights,
+                       grad_backward_weights):
+    """Gradients of ``link_step``: ``(grad_link_prev (B, N, N), grad_precedence_prev (B, N),
+    grad_write_weights (B, N), grad_read_weights_prev (B, R, N))``.
+
+    One pass over ``link_prev`` and ``grad_link``; the diagonal of
+    ``grad_link`` is ignored.
+    """
+    dl, dp, df, db = backward_grads(
+        "link_step", saved, (grad_link, grad_precedence, grad_forward_weights, grad_backward_weights)
+    )
+    lp, pp, w, wr = _saved_inputs("link_step", saved)
+    B, R, N = wr.shape
+    dtype = lp.dtype
+    dlp = empty(lp.shape, dtype)
+    dpp = empty((B, N), dtype)
+    dw = empty((B, N), dtype)
+    dwr = empty(wr.shape, dtype)
+    _k.link_step_backward(lp, pp, w, wr, dl, dp, df, db, dlp, dpp, dw, dwr,
+                          num_threads=_threads(B, lp.size * (1 + R)))
+    return dlp, dpp, dw, dwr

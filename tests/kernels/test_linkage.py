@@ -1,0 +1,438 @@
+"""Compiled temporal-linkage kernels against the autograd reference."""
+
+import importlib
+
+import autograd.numpy as anp
+import numpy as np
+import pytest
+from autograd import grad, make_vjp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dmem
+from dmem.compiled import _common
+from dmem.compiled._common import Saved
+
+# dmem.compiled and dmem.reference re-export the ops under the modules' names; take the modules.
+compiled = importlib.import_module("dmem.compiled.linkage")
+reference = importlib.import_module("dmem.reference.linkage")
+compiled_ops = importlib.import_module("dmem.compiled")
+
+NAMES = ["precedence", "link", "temporal_weights", "link_step"]
+N_OUTPUTS = {"precedence": 1, "link": 1, "temporal_weights": 2, "link_step": 4}
+
+
+def weightings(rng, *shape, total=0.9):
+    """Non-negative rows summing to at most ``total``."""
+    x = rng.uniform(0, 1, shape)
+    return total * x / x.sum(axis=-1, keepdims=True) * rng.uniform(0.2, 1.0, shape[:-1] + (1,))
+
+
+def make_inputs(name, rng, B=3, N=7, R=4, dtype=np.float64, valid=True):
+    """Inputs of op ``name``: DNC-like weightings and a link matrix from a few steps
+    (``valid``), or arbitrary reals in [-2, 2] (the ops are polynomials)."""
+    needs_link = name != "precedence"
+    if valid:
+        L = np.zeros((B, N, N) if needs_link else (B, 1, 1))
+        p = np.zeros((B, N))
+        for _ in range(3):
+            w = weightings(rng, B, N)
+            if needs_link:
+                L = reference.link(L, w, p)
+            p = reference.precedence(p, w)
+        w = weightings(rng, B, N)
+        wr = weightings(rng, B, R, N, total=1.0)
+    else:
+        L = rng.uniform(-2, 2, (B, N, N) if needs_link else (B, 1, 1))
+        p = rng.uniform(-2, 2, (B, N))
+        w = rng.uniform(-2, 2, (B, N))
+        wr = rng.uniform(-2, 2, (B, R, N))
+    inputs = {
+        "precedence": (p, w),
+        "link": (L, w, p),
+        "temporal_weights": (L, wr),
+        "link_step": (L, p, w, wr),
+    }[name]
+    return [np.asarray(x, dtype=dtype) for x in inputs]
+
+
+def as_tuple(out):
+    return tuple(out) if isinstance(out, tuple) else (out,)
+
+
+def cotangents(name, rng, inputs):
+    outs = as_tuple(reference.__dict__[name](*[np.asarray(x, np.float64) for x in inputs]))
+    return [rng.standard_normal(o.shape) for o in outs]
+
+
+def run_compiled(name, inputs, cots):
+    out, saved = getattr(compiled, name + "_forward")(*inputs)
+    return as_tuple(out), getattr(compiled, name + "_backward")(saved, *cots)
+
+
+def run_reference(name, inputs, cots):
+    vjp, out = make_vjp(lambda args: getattr(reference, name)(*args))(tuple(inputs))
+    grads = vjp(tuple(cots) if len(cots) > 1 else cots[0])
+    return as_tuple(out), grads
+
+
+def assert_close(got, want, rtol):
+    """Relative comparison, with an absolute floor at rtol × 1e-3 of the largest entry."""
+    scale = np.max(np.abs(want)) if np.size(want) else 0.0
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 1e-3 * scale + 1e-300)
+
+
+def assert_matches_reference(name, inputs, rng, rtol_out=1e-10, rtol_grad=1e-9):
+    ref_inputs = [np.asarray(x, dtype=np.float64) for x in inputs]
+    cots = cotangents(name, rng, inputs)
+    ref_out, ref_grads = run_reference(name, ref_inputs, cots)
+    out, grads = run_compiled(name, inputs, cots)
+    assert len(out) == N_OUTPUTS[name]
+    for got, want in zip(out, ref_out):
+        assert got.shape == want.shape
+        assert_close(got, want, rtol_out)
+    assert len(grads) == len(inputs)
+    for got, want, x in zip(grads, ref_grads, inputs):
+        assert got.shape == np.shape(x)
+        assert_close(got, want, rtol_grad)
+
+
+# ---------------------------------------------------------------- against the reference
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("B,N,R", [(1, 1, 1), (3, 7, 4), (2, 1, 4), (2, 9, 1), (2, 9, 2),
+                                   (2, 16, 5), (1, 33, 8), (2, 130, 3)])
+@pytest.mark.parametrize("valid", [True, False])
+def test_forward_and_backward_match_reference(name, B, N, R, valid):
+    rng = np.random.default_rng(B * 1000 + N * 10 + R)
+    assert_matches_reference(name, make_inputs(name, rng, B, N, R, valid=valid), rng)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=30, deadline=None)
+@given(
+    B=st.integers(1, 8), N=st.integers(1, 24), R=st.integers(1, 6), valid=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_hypothesis_shapes_match_reference(name, B, N, R, valid, seed):
+    rng = np.random.default_rng(seed)
+    assert_matches_reference(name, make_inputs(name, rng, B, N, R, valid=valid), rng)
+
+
+@pytest.mark.parametrize("name", ["link", "link_step", "temporal_weights"])
+def test_large_rows_match_reference(name):
+    rng = np.random.default_rng(11)
+    assert_matches_reference(name, make_inputs(name, rng, B=2, N=300, R=4), rng)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_large_values_stay_finite(name):
+    """No exp or division anywhere: huge inputs give huge but finite values, as the reference."""
+    rng = np.random.default_rng(12)
+    inputs = [1e6 * x for x in make_inputs(name, rng, valid=False)]
+    assert_matches_reference(name, inputs, rng)
+    out, grads = run_compiled(name, inputs, cotangents(name, rng, inputs))
+    assert all(np.all(np.isfinite(a)) for a in out + tuple(grads))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_degenerate_inputs(name):
+    """All-zero state and weightings, and one-hot full writes: finite, as the reference."""
+    rng = np.random.default_rng(13)
+    zeros = [np.zeros_like(x) for x in make_inputs(name, rng)]
+    assert_matches_reference(name, zeros, rng)
+    one_hot = []
+    for x in make_inputs(name, rng):
+        y = np.zeros_like(x)
+        y[..., 2] = 1.0
+        one_hot.append(y)
+    assert_matches_reference(name, one_hot, rng)
+    out, grads = run_compiled(name, one_hot, cotangents(name, rng, one_hot))
+    assert all(np.all(np.isfinite(a)) for a in out + tuple(grads))
+
+
+# ---------------------------------------------------------------- linkage specifics
+
+@pytest.mark.parametrize("name", ["link", "link_step"])
+def test_diagonal_is_zero_and_carries_no_gradient(name):
+    rng = np.random.default_rng(14)
+    inputs = make_inputs(name, rng, valid=False)
+    idx = np.arange(inputs[0].shape[1])
+    inputs[0][:, idx, idx] = 5.0  # garbage on the diagonal of link_prev is ignored
+    cots = cotangents(name, rng, inputs)
+    out, grads = run_compiled(name, inputs, cots)
+    np.testing.assert_array_equal(np.diagonal(out[0], axis1=1, axis2=2), 0.0)
+    np.testing.assert_array_equal(np.diagonal(grads[0], axis1=1, axis2=2), 0.0)
+    cots2 = [c.copy() for c in cots]
+    cots2[0][:, idx, idx] = rng.standard_normal((inputs[0].shape[0], len(idx)))
+    _, grads2 = run_compiled(name, inputs, cots2)
+    for g1, g2 in zip(grads, grads2):
+        np.testing.assert_array_equal(g1, g2)
+    assert_matches_reference(name, inputs, rng)
+
+
+def test_link_step_is_link_precedence_and_temporal_weights_of_the_new_link():
+    rng = np.random.default_rng(15)
+    L, p, w, wr = make_inputs("link_step", rng, B=3, N=20, R=4)
+    (newL, newp, f, b), _ = compiled.link_step_forward(L, p, w, wr)
+    np.testing.assert_array_equal(newL, compiled.link_forward(L, w, p)[0])
+    np.testing.assert_allclose(newp, compiled.precedence_forward(p, w)[0], rtol=1e-15)
+    (f2, b2), _ = compiled.temporal_weights_forward(newL, wr)
+    np.testing.assert_allclose(f, f2, rtol=1e-14)
+    np.testing.assert_allclose(b, b2, rtol=1e-14)
+    # forward = L w (the DNC paper), not Lᵀ w
+    np.testing.assert_allclose(f, np.einsum("bij,brj->bri", newL, wr), rtol=1e-12)
+    np.testing.assert_allclose(b, np.einsum("bij,bri->brj", newL, wr), rtol=1e-12)
+
+
+def test_invariants_along_a_sequence_of_steps():
+    rng = np.random.default_rng(16)
+    B, N, R = 4, 32, 4
+    L, p = np.zeros((B, N, N)), np.zeros((B, N))
+    for step in range(10):
+        w = weightings(rng, B, N, total=1.0 if step % 4 == 0 else 0.95)
+        (L, p, f, b), _ = compiled.link_step_forward(L, p, w, weightings(rng, B, R, N, total=1.0))
+        assert np.all(L >= 0) and np.all(L <= 1)
+        np.testing.assert_array_equal(np.diagonal(L, axis1=1, axis2=2), 0.0)
+        assert np.all(L.sum(axis=1) <= 1 + 1e-12) and np.all(L.sum(axis=2) <= 1 + 1e-12)
+        assert np.all(p >= 0) and np.all(p.sum(axis=1) <= 1 + 1e-12)
+        assert np.all(f >= 0) and np.all(f.sum(axis=2) <= 1 + 1e-12)
+        assert np.all(b >= 0) and np.all(b.sum(axis=2) <= 1 + 1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_none_cotangents_are_zeros(name):
+    rng = np.random.default_rng(17)
+    inputs = make_inputs(name, rng)
+    cots = cotangents(name, rng, inputs)
+    _, saved = getattr(compiled, name + "_forward")(*inputs)
+    backward = getattr(compiled, name + "_backward")
+    some = [None if k % 2 else c for k, c in enumerate(cots)]
+    zeros = [np.zeros_like(c) if k % 2 else c for k, c in enumerate(cots)]
+    for g1, g2 in zip(backward(saved, *some), backward(saved, *zeros)):
+        np.testing.assert_array_equal(g1, g2)
+
+
+# ---------------------------------------------------------------- common properties
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_kernels_match_float64_reference(name):
+    # float32 round-off over sums of N = 64 terms: rtol 1e-4 with an absolute floor of
+    # 1e-5 relative to the largest entry.
+    rng = np.random.default_rng(2)
+    inputs = make_inputs(name, rng, B=4, N=64, R=4, dtype=np.float32)
+    cots = [c.astype(np.float32) for c in cotangents(name, rng, inputs)]
+    out, grads = run_compiled(name, inputs, cots)
+    assert all(o.dtype == np.float32 for o in out) and all(g.dtype == np.float32 for g in grads)
+    ref_out, ref_grads = run_reference(name, [x.astype(np.float64) for x in inputs],
+                                       [c.astype(np.float64) for c in cots])
+    for got, want in zip(out + tuple(grads), ref_out + tuple(ref_grads)):
+        scale = np.max(np.abs(want))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inputs_and_cotangents_are_not_mutated_and_stay_writeable(name):
+    rng = np.random.default_rng(4)
+    inputs = make_inputs(name, rng)
+    copies = [x.copy() for x in inputs]
+    out, saved = getattr(compiled, name + "_forward")(*inputs)
+    cots = cotangents(name, rng, inputs)
+    cot_copies = [c.copy() for c in cots]
+    getattr(compiled, name + "_backward")(saved, *cots)
+    for x, c in zip(inputs, copies):
+        np.testing.assert_array_equal(x, c)
+        assert x.flags.writeable
+    for x, c in zip(cots, cot_copies):
+        np.testing.assert_array_equal(x, c)
+        assert x.flags.writeable
+    for o in as_tuple(out):
+        assert o.flags.writeable
+    assert all(not a.flags.writeable for a in saved.arrays)
+
+
+def test_saved_state_does_not_copy_the_link_matrix():
+    rng = np.random.default_rng(5)
+    inputs = make_inputs("link_step", rng, N=16)
+    _, saved = compiled.link_step_forward(*inputs)
+    assert np.shares_memory(saved.arrays[0], inputs[0])
+    assert all(a.shape != (3, 16, 16) for a in saved.arrays[1:])  # the new link is not kept
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("min_work", [0, 16384])
+def test_one_and_two_threads_are_bitwise_identical(name, min_work, monkeypatch):
+    # 0: both threads whatever the size (the default in tests/kernels); 16384: the rule
+    monkeypatch.setattr(_common, "PARALLEL_MIN_WORK", min_work)
+    rng = np.random.default_rng(6)
+    inputs = make_inputs(name, rng, B=5, N=40 if name != "precedence" else 9000, R=4)
+    cots = cotangents(name, rng, inputs)
+    before = dmem.get_num_threads()
+    try:
+        dmem.set_num_threads(1)
+        out1, grads1 = run_compiled(name, inputs, cots)
+        dmem.set_num_threads(2)
+        out2, grads2 = run_compiled(name, inputs, cots)
+    finally:
+        dmem.set_num_threads(before)
+    for a, b in zip(out1 + tuple(grads1), out2 + tuple(grads2)):
+        np.testing.assert_array_equal(a, b)
+
+
+def scalar_of_outputs(fn, weights):
+    """A loss that uses every output of ``fn`` (a random linear function)."""
+
+    def loss(*args):
+        out = fn(*args)
+        outs = [out[k] for k in range(len(weights))] if len(weights) > 1 else [out]
+        return sum(anp.sum(c * o * o) for c, o in zip(weights, outs))
+
+    return loss
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_autograd_through_the_compiled_primitive(name):
+    rng = np.random.default_rng(7)
+    inputs = make_inputs(name, rng)
+    weights = cotangents(name, rng, inputs)
+    argnums = list(range(len(inputs)))
+    got = grad(scalar_of_outputs(getattr(compiled_ops, name), weights), argnums)(*inputs)
+    want = grad(scalar_of_outputs(getattr(reference, name), weights), argnums)(*inputs)
+    for g, h in zip(got, want):
+        assert_close(g, h, 1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ops_follow_the_backend_switch(name):
+    rng = np.random.default_rng(8)
+    inputs = make_inputs(name, rng)
+    cots = cotangents(name, rng, inputs)
+    results = {}
+    for backend in ("reference", "compiled"):
+        with dmem.use_backend(backend):
+            out, saved = getattr(dmem.ops, name + "_forward")(*inputs)
+            results[backend] = (as_tuple(out), getattr(dmem.ops, name + "_backward")(saved, *cots))
+    for a, b in zip(results["compiled"][0] + tuple(results["compiled"][1]),
+                    results["reference"][0] + tuple(results["reference"][1])):
+        assert_close(a, b, 1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("layout", ["fortran", "strided", "readonly"])
+def test_non_contiguous_inputs(name, layout):
+    rng = np.random.default_rng(9)
+    inputs = make_inputs(name, rng)
+    if layout == "fortran":
+        other = [np.asfortranarray(x) for x in inputs]
+    elif layout == "strided":
+        other = [np.repeat(x, 2, axis=-1)[..., ::2] for x in inputs]
+        assert not other[0].flags.c_contiguous
+    else:
+        other = [x.copy() for x in inputs]
+        for x in other:
+            x.flags.writeable = False
+    cots = cotangents(name, rng, inputs)
+    out1, grads1 = run_compiled(name, inputs, cots)
+    out2, grads2 = run_compiled(name, other, [np.asfortranarray(c) for c in cots])
+    for a, b in zip(out1 + tuple(grads1), out2 + tuple(grads2)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mixed_dtypes_give_float64(name):
+    rng = np.random.default_rng(10)
+    inputs = make_inputs(name, rng)
+    mixed = [x.astype(np.float32) if k % 2 == 0 else x for k, x in enumerate(inputs)]
+    out, saved = getattr(compiled, name + "_forward")(*mixed)
+    assert all(o.dtype == np.float64 for o in as_tuple(out))
+    grads = getattr(compiled, name + "_backward")(saved, *cotangents(name, rng, inputs))
+    assert all(g.dtype == np.float64 for g in grads)
+    assert_matches_reference(name, mixed, rng)
+    ints = [np.ones(np.shape(x), dtype=np.int64) for x in inputs]
+    assert all(o.dtype == np.float64 for o in as_tuple(getattr(compiled, name + "_forward")(*ints)[0]))
+
+
+# ---------------------------------------------------------------- bad input
+
+def _forward(name):
+    return getattr(compiled, name + "_forward")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_ndim_is_refused(name):
+    rng = np.random.default_rng(0)
+    inputs = make_inputs(name, rng)
+    for k in range(len(inputs)):
+        bad = list(inputs)
+        bad[k] = bad[k][0]
+        with pytest.raises(ValueError, match="must have shape"):
+            _forward(name)(*bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_disagreeing_sizes_are_refused(name):
+    rng = np.random.default_rng(0)
+    inputs = make_inputs(name, rng)
+    for k in range(len(inputs)):
+        bad = list(inputs)
+        bad[k] = np.concatenate([bad[k], bad[k]], axis=-1)
+        with pytest.raises(ValueError):
+            _forward(name)(*bad)
+        bad = list(inputs)
+        bad[k] = np.concatenate([bad[k], bad[k]], axis=0)
+        with pytest.raises(ValueError, match="batch"):
+            _forward(name)(*bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_axes_are_refused(name):
+    rng = np.random.default_rng(0)
+    for axis_name, kwargs in [("batch", dict(B=0)), ("memory slots", dict(N=0)), ("read heads", dict(R=0))]:
+        if axis_name == "read heads" and name not in ("temporal_weights", "link_step"):
+            continue
+        inputs = make_inputs(name, rng, valid=False, **{**dict(B=2, N=3, R=2), **kwargs})
+        with pytest.raises(ValueError, match="empty axis"):
+            _forward(name)(*inputs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_dtypes_are_refused(name):
+    rng = np.random.default_rng(0)
+    inputs = make_inputs(name, rng)
+    for dtype in (np.complex128, np.float16, object):
+        bad = list(inputs)
+        bad[-1] = bad[-1].astype(dtype)
+        with pytest.raises(TypeError):
+            _forward(name)(*bad)
+    with pytest.raises(TypeError):
+        _forward(name)(*inputs[:-1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_garbage_saved_state_and_cotangents_are_refused(name):
+    rng = np.random.default_rng(0)
+    inputs = make_inputs(name, rng)
+    cots = cotangents(name, rng, inputs)
+    backward = getattr(compiled, name + "_backward")
+    _, saved = _forward(name)(*inputs)
+    for garbage in (None, "saved", inputs, (np.zeros(3),)):
+        with pytest.raises(TypeError, match="saved"):
+            backward(garbage, *cots)
+    other = "link" if name != "link" else "precedence"
+    _, other_saved = _forward(other)(*make_inputs(other, rng))
+    with pytest.raises(TypeError, match="saved"):
+        backward(other_saved, *cots)
+    forged = Saved(name, [np.zeros(1)], [np.zeros(1)], {"dtype": np.dtype(np.float64)})
+    with pytest.raises((TypeError, ValueError)):
+        backward(forged, *cots)
+    for k in range(len(cots)):
+        bad = list(cots)
+        bad[k] = bad[k][..., :-1] if bad[k].shape[-1] > 1 else bad[k][:1, None]
+        with pytest.raises(ValueError, match="gradient"):
+            backward(saved, *bad)
+        bad = list(cots)
+        bad[k] = bad[k].astype(np.complex128)
+        with pytest.raises(TypeError, match="gradient"):
+            backward(saved, *bad)
+    with pytest.raises(TypeError):
+        backward(saved, *cots[:-1])
