@@ -50,6 +50,12 @@ def _check_names(group, mapping):
     return out
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path, kind, config, params, buffers=None, arrays=None, metadata=None):
     """Write a checkpoint to ``path`` atomically; return the path.
 
@@ -82,6 +88,8 @@ def save_checkpoint(path, kind, config, params, buffers=None, arrays=None, metad
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".dmem-", suffix=".npz.tmp", dir=folder)
     try:
+        # mkstemp makes the file private (0600); give it the permissions of any new file.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
             f.flush()

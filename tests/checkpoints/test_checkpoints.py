@@ -113,3 +113,12 @@ def test_future_version_is_refused(tmp_path):
 def test_bad_array_names(tmp_path):
     with pytest.raises(ValueError, match="without '/'"):
         save_checkpoint(tmp_path / "x.npz", "ntm", {}, {"a/b": np.ones(2)})
+
+
+def test_checkpoint_has_the_permissions_of_a_new_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.npz", "ntm", {}, {"W": np.ones(2)})
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
