@@ -155,10 +155,10 @@ def plot_curve(log_csv, path):
     values = np.concatenate([log["loss"][train], log["eval_cost_bits"]])
     values = values[np.isfinite(values)]
     if values.size and np.all(values > 0) and values.max() > 20 * values.min():
-        from matplotlib.ticker import ScalarFormatter
+        from matplotlib.ticker import FuncFormatter
 
         top.set_yscale("log")
-        top.yaxis.set_major_formatter(ScalarFormatter())
+        top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     top.set_ylabel("cost (bits per sequence)")
     top.legend(fontsize=8)
     top.grid(True, alpha=0.3)
