@@ -88,7 +88,8 @@ class _Model:
             return self._reference.forward(self.params, self.buffers, self.config, x,
                                            ops=ops, return_trace=True)
         if self._use_compiled():
-            return self._compiled.forward(self.params, self.buffers, self.config, x)
+            with _backend.blas_single_thread():
+                return self._compiled.forward(self.params, self.buffers, self.config, x)
         return self._reference.forward(self.params, self.buffers, self.config, x)
 
     def loss_and_grad(self, x, target, mask=None):
@@ -97,7 +98,9 @@ class _Model:
         (a dict with the keys of ``params``)."""
         x, target, mask = self._check(x, target, mask)
         if self._use_compiled():
-            return self._compiled.loss_and_grad(self.params, self.buffers, self.config, x, target, mask)
+            with _backend.blas_single_thread():
+                return self._compiled.loss_and_grad(self.params, self.buffers, self.config, x, target,
+                                                    mask)
         ref = self._reference
 
         def loss(params):
