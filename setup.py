@@ -94,10 +94,14 @@ def _extensions():
     only = [s.strip() for s in os.environ.get("DMEM_BUILD_ONLY", "").split(",") if s.strip()]
     if only:
         sources = [s for s in sources if os.path.splitext(os.path.basename(s))[0] in only]
+    # C headers next to the .pyx files (e.g. linkage_simd.h): rebuild when they
+    # change, and ship them in the sdist.
+    headers = sorted(glob(os.path.join("dmem", "_kernels", "*.h")))
     exts = [
         Extension(
             "dmem._kernels." + os.path.splitext(os.path.basename(src))[0],
             [src],
+            depends=headers,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for src in sources

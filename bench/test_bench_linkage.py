@@ -12,7 +12,8 @@ forward+backward — the time to move the five link-sized arrays it must read
 or write (forward: read ``L_prev``, write ``L``; backward: read ``L_prev``
 and ``dL``, write ``dL_prev``) at the triad's bandwidth — and the ratio of the
 measured time to it.  ``test_link_step_bandwidth_floor`` prints both at the
-end of a run; ``python bench/test_bench_linkage.py results.json`` prints them
+end of a run (and the ratio of the raw kernels with preallocated outputs,
+group ``"link_step fwd+bwd kernels in place|B=16,N=1024"``, when it ran); ``python bench/test_bench_linkage.py results.json`` prints them
 for a saved ``--benchmark-json`` file.
 """
 
@@ -128,6 +129,54 @@ def test_bench(record, rng, op, mode, B, N, implementation):
         _TIMES["link_step"] = _min_seconds(benchmark)
 
 
+# The raw kernels with their outputs allocated once (dmem._kernels.linkage): what the
+# DNC's backpropagation through time runs, the link cotangent updated in place.  The
+# op benchmarks above also pay for the page faults of fresh (B, N, N) outputs.
+KERNEL_CASES = [("link", 16, 256), ("link_step", 16, 256), ("link_step", 16, 1024)]
+
+
+def kernel_fn(op, inputs, cots):
+    """fwd+bwd of the raw kernels on preallocated outputs (link_step: in place)."""
+    kernels = importlib.import_module("dmem._kernels.linkage")
+    threads = importlib.import_module("dmem.compiled._common").threads
+    L = inputs[0]
+    B, N = L.shape[:2]
+    n = threads(B, L.size)
+    out = np.empty_like(L)
+    if op == "link":
+        _, w, p = inputs
+        dw, dp = np.empty_like(w), np.empty_like(p)
+
+        def run():
+            kernels.link_forward(L, w, p, out, n)
+            kernels.link_backward(L, w, p, cots[0], out, dw, dp, n)
+            return out
+
+        return run
+    _, p, w, wr = inputs
+    new_p, f, b, dp, dw, dwr = (np.empty_like(x) for x in (p, wr, wr, p, w, wr))
+    grad_link = cots[0].copy()
+
+    def run():
+        kernels.link_step_forward(L, p, w, wr, out, new_p, f, b, n)
+        kernels.link_step_backward(L, p, w, wr, grad_link, cots[1], cots[2], cots[3], grad_link,
+                                   dp, dw, dwr, n)
+        return grad_link
+
+    return run
+
+
+@pytest.mark.parametrize("op,B,N", KERNEL_CASES)
+def test_bench_kernels(record, rng, op, B, N):
+    run = kernel_fn(op, make_inputs(op, rng, B, N), make_cotangents(op, rng, B, N))
+    group = f"{op} fwd+bwd kernels{' in place' if op == 'link_step' else ''}|B={B},N={N}"
+    benchmark = record(group, "compiled")
+    benchmark.extra_info["simd"] = importlib.import_module("dmem._kernels.linkage").simd_level()
+    assert benchmark(run) is not None
+    if (op, B, N) == ("link_step", 16, 1024):
+        _TIMES["link_step_kernels"] = _min_seconds(benchmark)
+
+
 def triad_arrays(rng, n=TRIAD_VALUES):
     return np.empty(n), rng.standard_normal(n), rng.standard_normal(n)
 
@@ -199,8 +248,14 @@ def test_link_step_bandwidth_floor(rng, capsys, record_property):
     for key, value in dict(triad_bandwidth=bandwidth, floor_seconds=floor,
                            link_step_seconds=link_s, ratio_to_floor=ratio).items():
         record_property(key, value)
+    lines = [format_floor(triad_s, link_s)]
+    kernels_s = _TIMES.get("link_step_kernels")
+    if kernels_s is not None:
+        record_property("link_step_kernels_ratio_to_floor", bandwidth_floor(triad_s, kernels_s)[2])
+        lines.append("  kernels alone, in place (no fresh outputs): "
+                     + format_floor(triad_s, kernels_s).split(": ", 1)[1])
     with capsys.disabled():
-        print("\n" + format_floor(triad_s, link_s))
+        print("\n" + "\n".join(lines))
     assert floor > 0 and ratio > 0
 
 

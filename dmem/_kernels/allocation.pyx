@@ -8,6 +8,10 @@ order, so results do not depend on the thread count.
 usage:       u = (u_prev + w − u_prev ∘ w) ∘ Π_r (1 − f_r w_r)
 allocation:  û = ε + (1 − ε) u, φ = stable ascending argsort of û,
              a[φ_j] = (1 − û[φ_j]) Π_{i<j} û[φ_i]
+
+``write_weights_forward/backward`` fuse usage, allocation and the DNC's write
+weighting ``w = g_w (g_a a + (1 − g_a) c)`` into one call per step, for the
+DNC's backpropagation through time (``dmem/_dnc_bptt.py``).
 """
 
 from cython cimport floating
@@ -270,3 +274,143 @@ def allocation_backward(const floating[:, ::1] usage, const int64_t[:, ::1] orde
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
         _allocation_backward_row(&usage[b, 0], &order[b, 0], &prefix[b, 0],
                                  &grad_allocation[b, 0], &grad_usage[b, 0], N)
+
+
+# ---------------------------------------------------------------- write weighting (fused)
+
+cdef inline void _write_weights_row(const floating* usage_prev, const floating* write_prev,
+                                    const floating* read_prev, const floating* free_gates,
+                                    floating allocation_gate, floating write_gate,
+                                    const floating* content, floating* usage,
+                                    floating* allocation, int64_t* order, floating* prefix,
+                                    int64_t* tmp, floating* write_weights, Py_ssize_t N,
+                                    Py_ssize_t R) noexcept nogil:
+    """usage, allocation and w = g_w (g_a a + (1 − g_a) c) for one batch row."""
+    cdef Py_ssize_t n
+    cdef floating keep = 1 - allocation_gate
+    _usage_row(usage_prev, write_prev, read_prev, free_gates, usage, N, R)
+    _allocation_row(usage, allocation, order, prefix, tmp, N)
+    for n in range(N):
+        write_weights[n] = write_gate * (allocation_gate * allocation[n] + keep * content[n])
+
+
+def write_weights_forward(const floating[:, ::1] usage_prev,
+                          const floating[:, ::1] write_weights_prev,
+                          const floating[:, :, ::1] read_weights_prev,
+                          const floating[:, :] free_gates, const floating[:] allocation_gate,
+                          const floating[:] write_gate, const floating[:, ::1] content,
+                          floating[:, ::1] usage, floating[:, ::1] allocation,
+                          int64_t[:, ::1] order, floating[:, ::1] prefix, int64_t[:, ::1] work,
+                          floating[:, ::1] write_weights, int num_threads=1):
+    """The DNC's write weighting from the previous state, fused (DNC Methods):
+    ``usage``, then ``allocation`` of the new usage, then
+    ``w = g_w (g_a a + (1 − g_a) c)`` with the content weighting ``c``.
+
+    usage_prev, write_weights_prev, content `(B, N)`; read_weights_prev
+    `(B, R, N)`; free_gates `(B, R)`, allocation_gate and write_gate `(B,)`
+    (these three may be strided views, e.g. columns of the interface vector).
+    Fills usage, allocation, order (φ), prefix (as ``allocation_forward``; work
+    is scratch) and write_weights, all `(B, N)`.
+    """
+    cdef Py_ssize_t B = usage_prev.shape[0], N = usage_prev.shape[1]
+    cdef Py_ssize_t R = read_weights_prev.shape[1]
+    cdef Py_ssize_t b, r
+    cdef floating[:, ::1] gates = _contiguous_gates(free_gates)
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        _write_weights_row(&usage_prev[b, 0], &write_weights_prev[b, 0],
+                           &read_weights_prev[b, 0, 0], &gates[b, 0], allocation_gate[b],
+                           write_gate[b], &content[b, 0], &usage[b, 0], &allocation[b, 0],
+                           &order[b, 0], &prefix[b, 0], &work[b, 0], &write_weights[b, 0], N, R)
+
+
+cdef _contiguous_gates(const floating[:, :] gates):
+    """A C-contiguous copy of a (B, R) view (it is small)."""
+    cdef Py_ssize_t B = gates.shape[0], R = gates.shape[1], b, r
+    cdef floating[:, ::1] out
+    if floating is double:
+        out = memoryview(bytearray(B * R * sizeof(double))).cast("B").cast("d", (B, R))
+    else:
+        out = memoryview(bytearray(B * R * sizeof(float))).cast("B").cast("f", (B, R))
+    for b in range(B):
+        for r in range(R):
+            out[b, r] = gates[b, r]
+    return out
+
+
+cdef inline void _write_weights_backward_row(
+        const floating* usage_prev, const floating* write_prev, const floating* read_prev,
+        const floating* free_gates, floating allocation_gate, floating write_gate,
+        const floating* content, const floating* usage, const floating* allocation,
+        const int64_t* order, const floating* prefix, const floating* grad_write_weights,
+        const floating* grad_usage, floating* grad_usage_prev, floating* grad_write_prev,
+        floating* grad_read_prev, floating* grad_free, floating* grad_allocation_gate,
+        floating* grad_write_gate, floating* grad_content, floating* work,
+        Py_ssize_t N, Py_ssize_t R) noexcept nogil:
+    """Backward of one batch row of write_weights_forward.
+
+    With m = g_a a + (1 − g_a) c and g the gradient of w: dg_w = Σ g m,
+    dm = g_w g, dg_a = Σ dm (a − c), dc = (1 − g_a) dm, da = g_a dm; then the
+    allocation backward (φ held constant) and the usage backward of
+    grad_usage + du_alloc.  work: 2N scratch.
+    """
+    cdef Py_ssize_t n
+    cdef floating keep = 1 - allocation_gate
+    cdef floating dgw = 0, dga = 0, dm, mix
+    cdef floating* grad_alloc = work
+    cdef floating* grad_u = work + N
+    for n in range(N):
+        mix = allocation_gate * allocation[n] + keep * content[n]
+        dgw = dgw + grad_write_weights[n] * mix
+        dm = write_gate * grad_write_weights[n]
+        dga = dga + dm * (allocation[n] - content[n])
+        grad_content[n] = keep * dm
+        grad_alloc[n] = allocation_gate * dm
+    grad_write_gate[0] = dgw
+    grad_allocation_gate[0] = dga
+    _allocation_backward_row(usage, order, prefix, grad_alloc, grad_u, N)
+    for n in range(N):
+        grad_u[n] = grad_u[n] + grad_usage[n]
+    _usage_backward_row(usage_prev, write_prev, read_prev, free_gates, grad_u, grad_usage_prev,
+                        grad_write_prev, grad_read_prev, grad_free, N, R)
+
+
+def write_weights_backward(const floating[:, ::1] usage_prev,
+                           const floating[:, ::1] write_weights_prev,
+                           const floating[:, :, ::1] read_weights_prev,
+                           const floating[:, :] free_gates, const floating[:] allocation_gate,
+                           const floating[:] write_gate, const floating[:, ::1] content,
+                           const floating[:, ::1] usage, const floating[:, ::1] allocation,
+                           const int64_t[:, ::1] order, const floating[:, ::1] prefix,
+                           const floating[:, ::1] grad_write_weights,
+                           const floating[:, ::1] grad_usage,
+                           floating[:, ::1] grad_usage_prev,
+                           floating[:, ::1] grad_write_weights_prev,
+                           floating[:, :, ::1] grad_read_weights_prev,
+                           floating[:, :] grad_free_gates, floating[:] grad_allocation_gate,
+                           floating[:] grad_write_gate, floating[:, ::1] grad_content,
+                           floating[:, ::1] work, int num_threads=1):
+    """Gradients of write_weights_forward's inputs from those of the write
+    weighting and of the usage (``grad_usage``, from later steps), in input
+    order: usage_prev, write_weights_prev `(B, N)`, read_weights_prev
+    `(B, R, N)`, free_gates `(B, R)`, allocation_gate, write_gate `(B,)`
+    (these three may be strided views), content `(B, N)`.  The saved arrays
+    are those of the forward; work is `(B, 2N + R + 2)` scratch.
+    """
+    cdef Py_ssize_t B = usage_prev.shape[0], N = usage_prev.shape[1]
+    cdef Py_ssize_t R = read_weights_prev.shape[1]
+    cdef Py_ssize_t b, r
+    cdef floating[:, ::1] gates = _contiguous_gates(free_gates)
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        # the gate gradients go to the end of the row's scratch, then to their views
+        _write_weights_backward_row(
+            &usage_prev[b, 0], &write_weights_prev[b, 0], &read_weights_prev[b, 0, 0],
+            &gates[b, 0], allocation_gate[b], write_gate[b], &content[b, 0], &usage[b, 0],
+            &allocation[b, 0], &order[b, 0], &prefix[b, 0], &grad_write_weights[b, 0],
+            &grad_usage[b, 0], &grad_usage_prev[b, 0], &grad_write_weights_prev[b, 0],
+            &grad_read_weights_prev[b, 0, 0], &work[b, 2 * N], &work[b, 2 * N + R],
+            &work[b, 2 * N + R + 1], &grad_content[b, 0], &work[b, 0], N, R)
+    for b in range(B):
+        for r in range(R):
+            grad_free_gates[b, r] = work[b, 2 * N + r]
+        grad_allocation_gate[b] = work[b, 2 * N + R]
+        grad_write_gate[b] = work[b, 2 * N + R + 1]

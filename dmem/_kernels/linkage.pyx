@@ -31,30 +31,82 @@ Backward of the precedence: ``dp_prev = (1 − Σw) dp``,
 ``dw_k += dp_k − Σ_i dp_i p_prev,i``.  Backward of the temporal weights:
 ``dL_ij = Σ_r (df_r,i w_r,j + w_r,i db_r,j)``, ``dw_r = Lᵀ df_r + L db_r``.
 
-How the loops are written, for speed without -ffast-math or -march flags:
+The link and link_step loops (forward and backward of one batch row) are C,
+in ``linkage_simd.h``: one row of the link matrix at a time, one vector of
+columns per step (16 bytes in the baseline version, 32 with AVX2), read heads
+four per pass, row reductions in vector accumulators summed in a fixed lane
+order.  They are compiled twice on x86 (the build's baseline ISA, and AVX2 +
+FMA through a function attribute) and the AVX2/FMA version runs when the CPU
+has it (:func:`simd_level`); no ``-march`` flag is needed.  Outputs of at
+least 32 MiB are written with non-temporal stores (unless in place).
+``precedence``, ``temporal_weights`` and the read weighting stay in Cython
+below: every helper is one simple loop over a row, a reduction is a dot
+product with eight accumulators in a fixed order, read heads four per pass.
 
-* every helper is one simple loop over a row, which the C compiler
-  vectorises; element-wise loops and reductions are kept apart;
-* a reduction is a dot product with eight accumulators in a fixed order: it
-  vectorises without reassociation and does not depend on the thread count;
-* read heads are handled four per pass (the head count is padded with zero
-  heads to a multiple of four), so that a row of L or G is formed once and
-  used for four heads while it is in registers;
-* the backward forms G[i] and uses it at once (dL_prev[i], the column sums of
-  dw and dp_prev) in the same pass, over j < i and j > i (the diagonal entry
-  is skipped, never computed and corrected);
-* scratch rows (column sums, G[i], the new row L[i], copies of w_r and db_r)
-  are allocated by the batch function itself (``malloc``), so the compiler
-  knows that they overlap no input or output and the loops need no run-time
-  overlap checks; the column sums are copied to the outputs at the end.
+For the DNC's backpropagation through time (``dmem/_dnc_bptt.py``), which
+calls these functions directly on arrays it allocated:
 
-With R = 4 the loops are bound by loads from L1/L2 (eight per-head vectors
-per element of the backward), more than by DRAM.
+* ``link_step_forward`` takes ``link_prev=None`` (the zero matrix) and may
+  write ``link`` over ``link_prev`` (in place);
+* ``link_step_backward`` takes ``link_prev=None`` and ``grad_link=None``
+  (zero), ``grad_link_prev=None`` (not wanted), and may write
+  ``grad_link_prev`` over ``grad_link``: one ``(B, N, N)`` buffer carries the
+  link cotangent through all the steps.  Any other overlap of an output with
+  an input is an error;
+* ``read_weights_forward/backward``: the read weighting
+  ``w_r = π_b b_r + π_c c_r + π_f f_r`` and its gradient, in one call.
 """
 
 from libc.stdlib cimport free, malloc
 from cython cimport floating
 from cython.parallel cimport prange
+
+
+cdef extern from "linkage_simd.h" nogil:
+    int dmem_link_forward_d(const double* lp, const double* pp, const double* w,
+                            const double* wr, double* L, double* f, double* bw,
+                            Py_ssize_t n, Py_ssize_t nr, int nt)
+    int dmem_link_forward_f(const float* lp, const float* pp, const float* w,
+                            const float* wr, float* L, float* f, float* bw,
+                            Py_ssize_t n, Py_ssize_t nr, int nt)
+    int dmem_link_backward_d(const double* lp, const double* pp, const double* w,
+                             const double* wr, const double* dL, const double* df,
+                             const double* db, double* dlp, double* dw, double* dpp,
+                             double* dwr, Py_ssize_t n, Py_ssize_t nr, int nt)
+    int dmem_link_backward_f(const float* lp, const float* pp, const float* w,
+                             const float* wr, const float* dL, const float* df,
+                             const float* db, float* dlp, float* dw, float* dpp,
+                             float* dwr, Py_ssize_t n, Py_ssize_t nr, int nt)
+    int dmem_linkage_simd_supported()
+    int dmem_linkage_set_simd(int level)
+    int dmem_linkage_get_simd()
+
+
+dmem_linkage_set_simd(1)
+
+# Link outputs of at least this many bytes (all batch rows) are written with
+# non-temporal stores, unless in place: they cannot stay in cache until they are
+# read again, and the stores then skip reading the destination lines first
+# (about 10% at B=16, N=1024).  In place, the lines are in cache already, and
+# non-temporal stores to them are several times slower.
+cdef Py_ssize_t STREAM_MIN_BYTES = 32 * 1024 * 1024
+
+
+cdef inline int _stream(Py_ssize_t B, Py_ssize_t N, Py_ssize_t itemsize) noexcept:
+    return 1 if B * N * N * itemsize >= STREAM_MIN_BYTES else 0
+
+
+def simd_level():
+    """The instruction set of the link and link_step loops: ``"avx2+fma"`` or
+    ``"baseline"`` (the build's own, e.g. SSE2 on x86-64, NEON on aarch64)."""
+    return "avx2+fma" if dmem_linkage_get_simd() else "baseline"
+
+
+def _set_simd(bint enabled):
+    """Use the AVX2/FMA loops when ``enabled`` and the CPU has them, else the
+    baseline ones (for tests).  Returns :func:`simd_level`."""
+    dmem_linkage_set_simd(1 if enabled else 0)
+    return simd_level()
 
 
 # ----------------------------------------------------------------------------
@@ -77,27 +129,6 @@ cdef inline floating _dot(const floating* x, const floating* y, Py_ssize_t n) no
         j = j + 8
     while j < n:
         s0 = s0 + x[j] * y[j]
-        j = j + 1
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-
-
-cdef inline floating _dot_diff(const floating* g, const floating* p, const floating* q,
-                               Py_ssize_t n) noexcept nogil:
-    """Σ_j g_j (p_j − q_j), with eight accumulators in a fixed order."""
-    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
-    cdef Py_ssize_t j = 0
-    while j + 8 <= n:
-        s0 = s0 + g[j] * (p[j] - q[j])
-        s1 = s1 + g[j + 1] * (p[j + 1] - q[j + 1])
-        s2 = s2 + g[j + 2] * (p[j + 2] - q[j + 2])
-        s3 = s3 + g[j + 3] * (p[j + 3] - q[j + 3])
-        s4 = s4 + g[j + 4] * (p[j + 4] - q[j + 4])
-        s5 = s5 + g[j + 5] * (p[j + 5] - q[j + 5])
-        s6 = s6 + g[j + 6] * (p[j + 6] - q[j + 6])
-        s7 = s7 + g[j + 7] * (p[j + 7] - q[j + 7])
-        j = j + 8
-    while j < n:
-        s0 = s0 + g[j] * (p[j] - q[j])
         j = j + 1
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
@@ -158,56 +189,6 @@ cdef inline void _axpy_heads(floating* y, const floating* coef, const floating* 
         r = r + 4
 
 
-cdef inline void _link_values(floating* out, const floating* lp, const floating* w,
-                              const floating* pp, floating keep, floating wi,
-                              Py_ssize_t n) noexcept nogil:
-    """out_j = (keep − w_j) lp_j + wi pp_j: a row of the link update."""
-    cdef Py_ssize_t j
-    for j in range(n):
-        out[j] = (keep - w[j]) * lp[j] + wi * pp[j]
-
-
-cdef inline void _link_values_axpy4(floating* out, const floating* lp, const floating* w,
-                                    const floating* pp, floating keep, floating wi,
-                                    floating* y, Py_ssize_t stride, floating a0, floating a1,
-                                    floating a2, floating a3, Py_ssize_t n) noexcept nogil:
-    """out_j = (keep − w_j) lp_j + wi pp_j and y[k] += a_k out for four rows y[k] = y + k stride."""
-    cdef floating x
-    cdef Py_ssize_t j
-    for j in range(n):
-        x = (keep - w[j]) * lp[j] + wi * pp[j]
-        out[j] = x
-        y[j] = y[j] + a0 * x
-        y[stride + j] = y[stride + j] + a1 * x
-        y[2 * stride + j] = y[2 * stride + j] + a2 * x
-        y[3 * stride + j] = y[3 * stride + j] + a3 * x
-
-
-cdef inline void _link_row_axpy(floating* out, const floating* lp, const floating* w,
-                                const floating* pp, Py_ssize_t i, const floating* coef,
-                                floating* y, Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
-    """Row i of the new link matrix, out_j = (1 − w_i − w_j) lp_j + w_i p_j with out_i = 0,
-    and y_r += coef[r n] out for each head r < nr (y_r = y + r n), the first four heads
-    in the same pass."""
-    cdef floating wi = w[i]
-    cdef floating keep = 1 - wi
-    cdef floating a0, a1, a2, a3
-    if nr == 0:
-        _link_values(out, lp, w, pp, keep, wi, n)
-        out[i] = 0
-        return
-    a0 = _coef(coef, 0, n, nr)
-    a1 = _coef(coef, 1, n, nr)
-    a2 = _coef(coef, 2, n, nr)
-    a3 = _coef(coef, 3, n, nr)
-    # j < i, then j > i: the diagonal entry is the constant 0
-    _link_values_axpy4(out, lp, w, pp, keep, wi, y, n, a0, a1, a2, a3, i)
-    _link_values_axpy4(out + i + 1, lp + i + 1, w + i + 1, pp + i + 1, keep, wi, y + i + 1, n,
-                       a0, a1, a2, a3, n - i - 1)
-    out[i] = 0
-    _axpy_heads(y, coef, out, n, 4, nr)
-
-
 cdef inline void _cotangent4(floating* g, const floating* src, const floating* wr,
                              const floating* db, Py_ssize_t stride, floating a0, floating a1,
                              floating a2, floating a3, floating c0, floating c1, floating c2,
@@ -243,40 +224,6 @@ cdef inline void _cotangent_heads(floating* g, const floating* src, Py_ssize_t i
         r = r + 4
 
 
-cdef inline void _link_grads(const floating* x, floating* dlp, const floating* w, floating keep,
-                             const floating* lp, floating wi, floating* dw_col, floating* dpp,
-                             Py_ssize_t n) noexcept nogil:
-    """From the cotangent x of a link row: dlp_j = (keep − w_j) x_j, dw_col_j −= x_j lp_j,
-    dpp_j += x_j w_i."""
-    cdef Py_ssize_t j
-    for j in range(n):
-        dlp[j] = (keep - w[j]) * x[j]
-        dw_col[j] = dw_col[j] - x[j] * lp[j]
-        dpp[j] = dpp[j] + x[j] * wi
-
-
-cdef inline void _cotangent4_link_grads(floating* g, const floating* src, const floating* wr,
-                                        const floating* db, Py_ssize_t stride, floating a0,
-                                        floating a1, floating a2, floating a3, floating c0,
-                                        floating c1, floating c2, floating c3, floating* dlp,
-                                        const floating* w, floating keep, const floating* lp,
-                                        floating wi, floating* dw_col, floating* dpp,
-                                        Py_ssize_t n) noexcept nogil:
-    """The last four heads of the cotangent, x = src + Σ_{k<4} (a_k wr[k] + c_k db[k]),
-    stored in g and used at once as in _link_grads."""
-    cdef floating x
-    cdef Py_ssize_t j
-    for j in range(n):
-        x = src[j] + (((a0 * wr[j] + c0 * db[j])
-                       + (a1 * wr[stride + j] + c1 * db[stride + j]))
-                      + ((a2 * wr[2 * stride + j] + c2 * db[2 * stride + j])
-                         + (a3 * wr[3 * stride + j] + c3 * db[3 * stride + j])))
-        g[j] = x
-        dlp[j] = (keep - w[j]) * x
-        dw_col[j] = dw_col[j] - x * lp[j]
-        dpp[j] = dpp[j] + x * wi
-
-
 # ----------------------------------------------------------------------------
 # One batch row
 # ----------------------------------------------------------------------------
@@ -307,29 +254,22 @@ cdef void _precedence_backward_batch(const floating* pp, const floating* w, cons
             dw[j] = dp[j] - shared
 
 
-cdef int _link_step_batch(const floating* lp, const floating* pp, const floating* w,
-                          const floating* wr, floating* L, floating* p, floating* f,
-                          floating* bw, Py_ssize_t n, Py_ssize_t nr,
-                          bint with_precedence) noexcept nogil:
+cdef inline int _link_step_batch(const floating* lp, const floating* pp, const floating* w,
+                                 const floating* wr, floating* L, floating* p, floating* f,
+                                 floating* bw, Py_ssize_t n, Py_ssize_t nr,
+                                 bint with_precedence, int nt) noexcept nogil:
     """New link matrix, and precedence (when with_precedence) and temporal weights
     (when nr > 0) of one batch row.  Returns -1 when scratch memory cannot be
     allocated, else 0.
     """
-    cdef floating* bw_acc = <floating*> malloc((_padded(nr) * n + 1) * sizeof(floating))
-    cdef Py_ssize_t i, r
-    if bw_acc == NULL:
-        return -1
-    _fill(bw_acc, 0, _padded(nr) * n)
-    for i in range(n):
-        _link_row_axpy(L + i * n, lp + i * n, w, pp, i, (wr + i) if nr > 0 else wr,
-                       bw_acc, n, nr)
-        for r in range(nr):
-            f[r * n + i] = _dot(L + i * n, wr + r * n, n)
-    _copy(bw, bw_acc, nr * n)
-    free(bw_acc)
+    cdef int status
+    if floating is double:
+        status = dmem_link_forward_d(lp, pp, w, wr, L, f, bw, n, nr, nt)
+    else:
+        status = dmem_link_forward_f(lp, pp, w, wr, L, f, bw, n, nr, nt)
     if with_precedence:
         _precedence_batch(pp, w, p, n)
-    return 0
+    return status
 
 
 cdef int _temporal_batch(const floating* L, const floating* wr, floating* f, floating* bw,
@@ -349,108 +289,26 @@ cdef int _temporal_batch(const floating* L, const floating* wr, floating* f, flo
     return 0
 
 
-cdef int _link_step_backward_batch(const floating* lp, const floating* pp, const floating* w,
-                                   const floating* wr, const floating* dL, const floating* dp,
-                                   const floating* df, const floating* db,
-                                   floating* dlp, floating* dpp, floating* dw, floating* dwr,
-                                   Py_ssize_t n, Py_ssize_t nr,
-                                   bint with_precedence) noexcept nogil:
+cdef inline int _link_step_backward_batch(const floating* lp, const floating* pp,
+                                          const floating* w, const floating* wr,
+                                          const floating* dL, const floating* dp,
+                                          const floating* df, const floating* db,
+                                          floating* dlp, floating* dpp, floating* dw,
+                                          floating* dwr, Py_ssize_t n, Py_ssize_t nr,
+                                          bint with_precedence, int nt) noexcept nogil:
     """Backward of link (+ precedence, temporal weights when nr > 0) for one batch row.
 
-    Per-thread scratch: the new row L[i] and its total cotangent G[i]; column
-    sums for dw, dp_prev and (one row per head) dw_r; copies of w_r and db_r
-    padded to a multiple of four heads.  Returns -1 when they cannot be
-    allocated, else 0.
+    dL may be NULL (a zero cotangent) or equal to dlp (in place).  Returns -1
+    when scratch memory cannot be allocated, else 0.
     """
-    cdef Py_ssize_t nr4 = _padded(nr)
-    cdef floating* lrow = <floating*> malloc(n * sizeof(floating))
-    cdef floating* g = <floating*> malloc(n * sizeof(floating))
-    cdef floating* dw_col = <floating*> malloc(n * sizeof(floating))
-    cdef floating* dpp_acc = <floating*> malloc(n * sizeof(floating))
-    cdef floating* dwr_col = <floating*> malloc((nr4 * n + 1) * sizeof(floating))
-    cdef floating* wrh = <floating*> malloc((nr4 * n + 1) * sizeof(floating))
-    cdef floating* dbh = <floating*> malloc((nr4 * n + 1) * sizeof(floating))
-    cdef const floating* lpi
-    cdef const floating* dli
-    cdef floating* dlpi
-    cdef floating wi, keep, s
-    cdef Py_ssize_t i, j, r, k
-    if (lrow == NULL or g == NULL or dw_col == NULL or dpp_acc == NULL or dwr_col == NULL
-            or wrh == NULL or dbh == NULL):
-        free(lrow)
-        free(g)
-        free(dw_col)
-        free(dpp_acc)
-        free(dwr_col)
-        free(wrh)
-        free(dbh)
-        return -1
-    _fill(dw_col, 0, n)
-    _fill(dpp_acc, 0, n)
-    _fill(dwr_col, 0, nr4 * n)
-    _copy(wrh, wr, nr * n)
-    _copy(dbh, db, nr * n)
-    _fill(wrh + nr * n, 0, (nr4 - nr) * n)
-    _fill(dbh + nr * n, 0, (nr4 - nr) * n)
-    for i in range(n):
-        lpi = lp + i * n
-        dli = dL + i * n
-        dlpi = dlp + i * n
-        wi = w[i]
-        keep = 1 - wi
-        if nr > 0:
-            # dw_r = Lᵀ df_r + L db_r, with the new row L[i]
-            _link_row_axpy(lrow, lpi, w, pp, i, df + i, dwr_col, n, nr)
-            for r in range(nr):
-                dwr[r * n + i] = _dot(lrow, db + r * n, n)
-        # G[i] = dL[i] + Σ_r (df_r,i w_r + w_r,i db_r), and from it dL_prev[i],
-        # dp_prev and the column part of dw.  The diagonal entry is skipped
-        # (L_ii is the constant 0): j < i, then j > i.
-        if nr == 0:
-            _link_grads(dli, dlpi, w, keep, lpi, wi, dw_col, dpp_acc, i)
-            _link_grads(dli + i + 1, dlpi + i + 1, w + i + 1, keep, lpi + i + 1, wi,
-                        dw_col + i + 1, dpp_acc + i + 1, n - i - 1)
-            s = _dot_diff(dli, pp, lpi, i)
-            s = s + _dot_diff(dli + i + 1, pp + i + 1, lpi + i + 1, n - i - 1)
-        else:
-            if nr > 4:
-                _cotangent_heads(g, dli, i, wrh, dbh, wr, df, n, 4, nr)
-            for k in range(2):
-                j = 0 if k == 0 else i + 1
-                if nr > 4:
-                    _cotangent4_link_grads(
-                        g + j, g + j, wrh + j, dbh + j, n, df[i], _coef(df + i, 1, n, nr),
-                        _coef(df + i, 2, n, nr), _coef(df + i, 3, n, nr), wr[i],
-                        _coef(wr + i, 1, n, nr), _coef(wr + i, 2, n, nr),
-                        _coef(wr + i, 3, n, nr), dlpi + j, w + j, keep, lpi + j, wi,
-                        dw_col + j, dpp_acc + j, (i if k == 0 else n - i - 1))
-                else:
-                    _cotangent4_link_grads(
-                        g + j, dli + j, wrh + j, dbh + j, n, df[i], _coef(df + i, 1, n, nr),
-                        _coef(df + i, 2, n, nr), _coef(df + i, 3, n, nr), wr[i],
-                        _coef(wr + i, 1, n, nr), _coef(wr + i, 2, n, nr),
-                        _coef(wr + i, 3, n, nr), dlpi + j, w + j, keep, lpi + j, wi,
-                        dw_col + j, dpp_acc + j, (i if k == 0 else n - i - 1))
-            s = _dot_diff(g, pp, lpi, i)
-            s = s + _dot_diff(g + i + 1, pp + i + 1, lpi + i + 1, n - i - 1)
-        dlpi[i] = 0
-        # dw_i = Σ_{j≠i} G_ij (p_prev,j − L_prev,ij)  (+ the column part at the end)
-        dw[i] = s
-    for j in range(n):
-        dw[j] = dw[j] + dw_col[j]
-    _copy(dpp, dpp_acc, n)
-    for j in range(nr * n):
-        dwr[j] = dwr[j] + dwr_col[j]
+    cdef int status
+    if floating is double:
+        status = dmem_link_backward_d(lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt)
+    else:
+        status = dmem_link_backward_f(lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt)
     if with_precedence:
         _precedence_backward_batch(pp, w, dp, dpp, dw, n, True)
-    free(lrow)
-    free(g)
-    free(dw_col)
-    free(dpp_acc)
-    free(dwr_col)
-    free(wrh)
-    free(dbh)
-    return 0
+    return status
 
 
 cdef int _temporal_backward_batch(const floating* L, const floating* wr, const floating* df,
@@ -541,11 +399,12 @@ def link_forward(const floating[:, :, ::1] link_prev, const floating[:, ::1] wri
                  int num_threads=1):
     """``link[b]`` from ``link_prev[b]`` `(B, N, N)`, ``write_weights``, ``precedence_prev`` `(B, N)`."""
     cdef Py_ssize_t B = link_prev.shape[0], N = link_prev.shape[1], b
+    cdef int nt = _stream(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
         status[b] = _link_step_batch(&link_prev[b, 0, 0], &precedence_prev[b, 0],
                                      &write_weights[b, 0], NULL, &link[b, 0, 0], NULL, NULL,
-                                     NULL, N, 0, False)
+                                     NULL, N, 0, False, nt)
     _check_status(status)
 
 
@@ -555,12 +414,13 @@ def link_backward(const floating[:, :, ::1] link_prev, const floating[:, ::1] wr
                   floating[:, ::1] grad_precedence_prev, int num_threads=1):
     """Gradients of ``link`` w.r.t. ``link_prev``, ``write_weights``, ``precedence_prev``."""
     cdef Py_ssize_t B = link_prev.shape[0], N = link_prev.shape[1], b
+    cdef int nt = _stream(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
         status[b] = _link_step_backward_batch(
             &link_prev[b, 0, 0], &precedence_prev[b, 0], &write_weights[b, 0], NULL,
             &grad_link[b, 0, 0], NULL, NULL, NULL, &grad_link_prev[b, 0, 0],
-            &grad_precedence_prev[b, 0], &grad_write_weights[b, 0], NULL, N, 0, False)
+            &grad_precedence_prev[b, 0], &grad_write_weights[b, 0], NULL, N, 0, False, nt)
     _check_status(status)
 
 
@@ -594,47 +454,185 @@ def temporal_weights_backward(const floating[:, :, ::1] link,
     _check_status(status)
 
 
-def link_step_forward(const floating[:, :, ::1] link_prev,
+cdef _check_square(const Py_ssize_t* shape, Py_ssize_t B, Py_ssize_t N, name):
+    """An optional (B, N, N) argument, converted here, must have that shape."""
+    if shape[0] != B or shape[1] != N or shape[2] != N:
+        raise ValueError(f"{name} must have shape ({B}, {N}, {N}), "
+                         f"got ({shape[0]}, {shape[1]}, {shape[2]})")
+
+
+cdef _check_same_or_disjoint(const void* first, const void* second, size_t nbytes, name):
+    """Two (B, N, N) arrays must be one and the same or not overlap at all."""
+    cdef size_t a = <size_t> first, b = <size_t> second
+    if a != b and a < b + nbytes and b < a + nbytes:
+        raise ValueError(f"{name}: an output may be its input itself, but must not partly overlap it")
+
+
+def link_step_forward(link_prev,
                       const floating[:, ::1] precedence_prev,
                       const floating[:, ::1] write_weights,
                       const floating[:, :, ::1] read_weights_prev,
                       floating[:, :, ::1] link, floating[:, ::1] precedence,
                       floating[:, :, ::1] forward_weights, floating[:, :, ::1] backward_weights,
                       int num_threads=1):
-    """Fused ``link``, ``precedence`` and ``temporal_weights`` (of the new link)."""
-    cdef Py_ssize_t B = link_prev.shape[0], N = link_prev.shape[1]
+    """Fused ``link``, ``precedence`` and ``temporal_weights`` (of the new link).
+
+    ``link_prev`` (a C-contiguous `(B, N, N)` array of the dtype of the others,
+    like every argument) may be None, the zero matrix, or the array ``link``
+    itself (updated in place); a partial overlap raises ``ValueError``.
+    """
+    cdef Py_ssize_t B = precedence_prev.shape[0], N = precedence_prev.shape[1]
     cdef Py_ssize_t R = read_weights_prev.shape[1], b
+    cdef Py_ssize_t stride = N * N
+    cdef const floating[:, :, ::1] lp_view
+    cdef const floating* lp = NULL
+    cdef int nt = _stream(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
+    if link_prev is not None:
+        lp_view = link_prev
+        _check_square(&lp_view.shape[0], B, N, "link_prev")
+        lp = &lp_view[0, 0, 0]
+        _check_same_or_disjoint(lp, &link[0, 0, 0], <size_t> (B * stride) * sizeof(floating),
+                                "link_step_forward")
+        if lp == &link[0, 0, 0]:
+            nt = 0  # in place: the lines are in cache already
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        status[b] = _link_step_batch(&link_prev[b, 0, 0], &precedence_prev[b, 0],
-                                     &write_weights[b, 0], &read_weights_prev[b, 0, 0],
-                                     &link[b, 0, 0], &precedence[b, 0],
-                                     &forward_weights[b, 0, 0], &backward_weights[b, 0, 0],
-                                     N, R, True)
+        status[b] = _link_step_batch((lp + b * stride) if lp != NULL else NULL,
+                                     &precedence_prev[b, 0], &write_weights[b, 0],
+                                     &read_weights_prev[b, 0, 0], &link[b, 0, 0],
+                                     &precedence[b, 0], &forward_weights[b, 0, 0],
+                                     &backward_weights[b, 0, 0], N, R, True, nt)
     _check_status(status)
 
 
-def link_step_backward(const floating[:, :, ::1] link_prev,
+def link_step_backward(link_prev,
                        const floating[:, ::1] precedence_prev,
                        const floating[:, ::1] write_weights,
                        const floating[:, :, ::1] read_weights_prev,
-                       const floating[:, :, ::1] grad_link,
+                       grad_link,
                        const floating[:, ::1] grad_precedence,
                        const floating[:, :, ::1] grad_forward,
                        const floating[:, :, ::1] grad_backward,
-                       floating[:, :, ::1] grad_link_prev,
+                       grad_link_prev,
                        floating[:, ::1] grad_precedence_prev,
                        floating[:, ::1] grad_write_weights,
                        floating[:, :, ::1] grad_read_weights_prev, int num_threads=1):
-    """Gradients of ``link_step`` w.r.t. its four inputs, in input order."""
-    cdef Py_ssize_t B = link_prev.shape[0], N = link_prev.shape[1]
+    """Gradients of ``link_step`` w.r.t. its four inputs, in input order.
+
+    ``link_prev``, ``grad_link`` and ``grad_link_prev`` are C-contiguous
+    `(B, N, N)` arrays of the dtype of the others, or None: ``link_prev`` and
+    ``grad_link`` None are zero, ``grad_link_prev`` None is not computed.
+    ``grad_link_prev`` may be the array ``grad_link`` itself (computed in place);
+    a partial overlap raises ``ValueError``.
+    """
+    cdef Py_ssize_t B = precedence_prev.shape[0], N = precedence_prev.shape[1]
     cdef Py_ssize_t R = read_weights_prev.shape[1], b
+    cdef Py_ssize_t stride = N * N
+    cdef const floating[:, :, ::1] lp_view
+    cdef const floating[:, :, ::1] dl_view
+    cdef floating[:, :, ::1] dlp_view
+    cdef const floating* lp = NULL
+    cdef const floating* dl = NULL
+    cdef floating* dlp = NULL
+    cdef int nt = _stream(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
+    if link_prev is not None:
+        lp_view = link_prev
+        _check_square(&lp_view.shape[0], B, N, "link_prev")
+        lp = &lp_view[0, 0, 0]
+    if grad_link_prev is not None:
+        dlp_view = grad_link_prev
+        _check_square(&dlp_view.shape[0], B, N, "grad_link_prev")
+        dlp = &dlp_view[0, 0, 0]
+    if grad_link is not None:
+        dl_view = grad_link
+        _check_square(&dl_view.shape[0], B, N, "grad_link")
+        dl = &dl_view[0, 0, 0]
+        if dlp != NULL:
+            _check_same_or_disjoint(dl, dlp, <size_t> (B * stride) * sizeof(floating),
+                                    "link_step_backward")
+            if dl == dlp:
+                nt = 0  # in place: the lines are in cache already
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
         status[b] = _link_step_backward_batch(
-            &link_prev[b, 0, 0], &precedence_prev[b, 0], &write_weights[b, 0],
-            &read_weights_prev[b, 0, 0], &grad_link[b, 0, 0], &grad_precedence[b, 0],
-            &grad_forward[b, 0, 0], &grad_backward[b, 0, 0], &grad_link_prev[b, 0, 0],
-            &grad_precedence_prev[b, 0], &grad_write_weights[b, 0],
-            &grad_read_weights_prev[b, 0, 0], N, R, True)
+            (lp + b * stride) if lp != NULL else NULL, &precedence_prev[b, 0],
+            &write_weights[b, 0], &read_weights_prev[b, 0, 0],
+            (dl + b * stride) if dl != NULL else NULL, &grad_precedence[b, 0],
+            &grad_forward[b, 0, 0], &grad_backward[b, 0, 0],
+            (dlp + b * stride) if dlp != NULL else NULL, &grad_precedence_prev[b, 0],
+            &grad_write_weights[b, 0], &grad_read_weights_prev[b, 0, 0], N, R, True, nt)
     _check_status(status)
+
+
+# ----------------------------------------------------------------------------
+# Read weighting: the read modes mix the temporal and content weightings
+# ----------------------------------------------------------------------------
+
+def read_weights_forward(const floating[:, :, :] modes,
+                         const floating[:, :, ::1] backward_weights,
+                         const floating[:, :, ::1] content_weights,
+                         const floating[:, :, ::1] forward_weights,
+                         floating[:, :, ::1] read_weights, int num_threads=1):
+    """``w_r = π_r,0 b_r + π_r,1 c_r + π_r,2 f_r`` (DNC Methods, read weighting;
+    modes ordered backward, content, forward).
+
+    modes `(B, R, 3)` (may be a strided view), the three weightings and
+    read_weights `(B, R, N)`.
+    """
+    cdef Py_ssize_t B = modes.shape[0], R = modes.shape[1], N = content_weights.shape[2]
+    cdef Py_ssize_t b, r, n
+    cdef floating pb, pc, pf
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        for r in range(R):
+            pb = modes[b, r, 0]
+            pc = modes[b, r, 1]
+            pf = modes[b, r, 2]
+            for n in range(N):
+                read_weights[b, r, n] = ((pb * backward_weights[b, r, n]
+                                          + pc * content_weights[b, r, n])
+                                         + pf * forward_weights[b, r, n])
+
+
+def read_weights_backward(const floating[:, :, :] modes,
+                          const floating[:, :, ::1] backward_weights,
+                          const floating[:, :, ::1] content_weights,
+                          const floating[:, :, ::1] forward_weights,
+                          const floating[:, :, ::1] grad_read_weights,
+                          floating[:, :, :] grad_modes,
+                          floating[:, :, ::1] grad_backward_weights,
+                          floating[:, :, ::1] grad_content_weights,
+                          floating[:, :, ::1] grad_forward_weights, int num_threads=1):
+    """Gradients of read_weights_forward's inputs, in input order, from that of
+    the read weighting `(B, R, N)`: dπ_r,k = Σ_n g_r,n x_k,r,n, dx_k = π_k g.
+    modes and grad_modes may be strided views."""
+    cdef Py_ssize_t B = modes.shape[0], R = modes.shape[1], N = content_weights.shape[2]
+    cdef Py_ssize_t b, r, n
+    cdef floating pb, pc, pf, g, sb, sc, sf
+    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+        for r in range(R):
+            pb = modes[b, r, 0]
+            pc = modes[b, r, 1]
+            pf = modes[b, r, 2]
+            sb = 0
+            sc = 0
+            sf = 0
+            for n in range(N):
+                g = grad_read_weights[b, r, n]
+                sb = sb + g * backward_weights[b, r, n]
+                sc = sc + g * content_weights[b, r, n]
+                sf = sf + g * forward_weights[b, r, n]
+                grad_backward_weights[b, r, n] = pb * g
+                grad_content_weights[b, r, n] = pc * g
+                grad_forward_weights[b, r, n] = pf * g
+            grad_modes[b, r, 0] = sb
+            grad_modes[b, r, 1] = sc
+            grad_modes[b, r, 2] = sf
+
+
+def _set_stream_min_bytes(Py_ssize_t nbytes):
+    """Set the size from which link outputs use non-temporal stores (for tests and
+    benchmarks); returns the previous value."""
+    global STREAM_MIN_BYTES
+    cdef Py_ssize_t previous = STREAM_MIN_BYTES
+    STREAM_MIN_BYTES = nbytes
+    return previous

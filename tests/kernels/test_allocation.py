@@ -6,10 +6,12 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd import grad, make_vjp
+from autograd.builtins import tuple as differentiable_tuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dmem
+from dmem._kernels import allocation as _raw
 from dmem.compiled._common import Saved
 
 # dmem.compiled and dmem.reference re-export the ops under the modules' names; take the modules.
@@ -383,3 +385,89 @@ def test_wrong_gradient_shape_raises(name):
         backward(saved, np.ones((out.shape[0], out.shape[1] + 1)))
     with pytest.raises(TypeError, match="must be a float array"):
         backward(saved, np.ones(out.shape, dtype=np.complex128))
+
+
+# ---------------------------------------------------------------- fused write weighting
+# dmem._kernels.allocation.write_weights_{forward,backward}: usage, allocation and the
+# write weighting w = g_w (g_a a + (1 − g_a) c) in one call, for the DNC's BPTT.
+
+def reference_write_weights(usage_prev, write_prev, read_prev, free, alloc_gate, write_gate,
+                            content):
+    u = reference.usage(usage_prev, write_prev, read_prev, free)
+    a = reference.allocation(u)
+    w = write_gate[:, None] * (alloc_gate[:, None] * a + (1.0 - alloc_gate[:, None]) * content)
+    return differentiable_tuple((u, a, w))
+
+
+def write_weights_inputs(rng, B, N, R, dtype=np.float64):
+    """Inputs of the fused kernel; the three gates are strided columns of one array,
+    as in the BPTT (columns of the activated interface vector)."""
+    u, w, r, _ = make_inputs("usage", rng, B, N, R)
+    gates = rng.uniform(0, 1, (B, R + 5))
+    content = rng.uniform(0, 1, (B, N))
+    content /= content.sum(axis=1, keepdims=True)
+    gates = gates.astype(dtype)
+    arrays = [x.astype(dtype) for x in (u, w, r)]
+    return arrays + [gates[:, 1:1 + R], gates[:, R + 2], gates[:, R + 4], content.astype(dtype)]
+
+
+def run_write_weights(inputs, grad_w, grad_u, num_threads=1):
+    u_prev, w_prev, r_prev, free, ga, gw, content = inputs
+    B, N = u_prev.shape
+    R = r_prev.shape[1]
+    dtype = u_prev.dtype
+    u, a, prefix, w = (np.empty((B, N), dtype) for _ in range(4))
+    order = np.empty((B, N), np.int64)
+    _raw.write_weights_forward(u_prev, w_prev, r_prev, free, ga, gw, content, u, a, order, prefix,
+                               np.empty((B, N), np.int64), w, num_threads=num_threads)
+    grads = [np.empty((B, N), dtype), np.empty((B, N), dtype), np.empty((B, R, N), dtype)]
+    strided = np.full((B, R + 6), np.nan, dtype)     # gate gradients go to strided views
+    grads += [strided[:, 2:2 + R], strided[:, R + 3], strided[:, R + 5], np.empty((B, N), dtype)]
+    _raw.write_weights_backward(u_prev, w_prev, r_prev, free, ga, gw, content, u, a, order, prefix,
+                                grad_w, grad_u, *grads, np.empty((B, 2 * N + R + 2), dtype),
+                                num_threads=num_threads)
+    return (u, a, w), grads
+
+
+@pytest.mark.parametrize("B,N,R", [(1, 1, 1), (3, 7, 2), (4, 16, 4), (2, 33, 1), (2, 130, 3)])
+def test_fused_write_weights_match_reference(B, N, R):
+    rng = np.random.default_rng(B * 100 + N + R)
+    inputs = write_weights_inputs(rng, B, N, R)
+    grad_w, grad_u = rng.standard_normal((B, N)), rng.standard_normal((B, N))
+    (u, a, w), grads = run_write_weights(inputs, grad_w, grad_u)
+    ref_inputs = tuple(np.ascontiguousarray(x) for x in inputs)
+    vjp, (ref_u, ref_a, ref_w) = make_vjp(lambda args: reference_write_weights(*args))(ref_inputs)
+    for got, want in [(u, ref_u), (a, ref_a), (w, ref_w)]:
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13 * np.max(np.abs(want)))
+    ref_grads = vjp((grad_u, np.zeros_like(ref_a), grad_w))
+    for got, want, x in zip(grads, ref_grads, inputs):
+        assert got.shape == x.shape
+        np.testing.assert_allclose(got, want, rtol=1e-9,
+                                   atol=1e-12 * (np.max(np.abs(want)) + 1e-300))
+
+
+def test_fused_write_weights_equal_the_separate_kernels():
+    rng = np.random.default_rng(21)
+    inputs = write_weights_inputs(rng, 4, 20, 3)
+    u_prev, w_prev, r_prev, free, ga, gw, content = inputs
+    (u, a, w), _ = run_write_weights(inputs, rng.standard_normal((4, 20)), np.zeros((4, 20)))
+    u2, _ = compiled.usage_forward(u_prev, w_prev, r_prev, np.ascontiguousarray(free))
+    a2, _ = compiled.allocation_forward(u2)
+    np.testing.assert_array_equal(u, u2)
+    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_array_equal(w, gw[:, None] * (ga[:, None] * a2 + (1 - ga[:, None]) * content))
+
+
+def test_fused_write_weights_float32_and_threads():
+    rng = np.random.default_rng(22)
+    inputs = write_weights_inputs(rng, 5, 24, 4, dtype=np.float32)
+    grad_w = rng.standard_normal((5, 24)).astype(np.float32)
+    grad_u = rng.standard_normal((5, 24)).astype(np.float32)
+    out1, grads1 = run_write_weights(inputs, grad_w, grad_u, num_threads=1)
+    out2, grads2 = run_write_weights(inputs, grad_w, grad_u, num_threads=2)
+    for x, y in zip(out1 + tuple(grads1), out2 + tuple(grads2)):
+        assert x.dtype == np.float32
+        np.testing.assert_array_equal(x, y)
+    ref = [np.asarray(x, np.float64) for x in inputs]
+    _, (_, _, ref_w) = make_vjp(lambda args: reference_write_weights(*args))(tuple(ref))
+    np.testing.assert_allclose(out1[2], ref_w, rtol=1e-4, atol=1e-6)

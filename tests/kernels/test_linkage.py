@@ -17,6 +17,21 @@ from dmem.compiled._common import Saved
 compiled = importlib.import_module("dmem.compiled.linkage")
 reference = importlib.import_module("dmem.reference.linkage")
 compiled_ops = importlib.import_module("dmem.compiled")
+kernels = importlib.import_module("dmem._kernels.linkage")
+dnc_bptt = importlib.import_module("dmem._dnc_bptt")
+
+
+@pytest.fixture(autouse=True, scope="module", params=["avx2+fma", "baseline"])
+def instruction_set(request):
+    """Every test runs with each version of the link loops (linkage_simd.h) that
+    this CPU can run: the AVX2/FMA one (where the CPU has it) and the baseline."""
+    previous = kernels.simd_level()
+    level = kernels._set_simd(request.param != "baseline")
+    if level != request.param:
+        kernels._set_simd(previous != "baseline")
+        pytest.skip(f"this CPU cannot run the {request.param} loops")
+    yield level
+    kernels._set_simd(previous != "baseline")
 
 NAMES = ["precedence", "link", "temporal_weights", "link_step"]
 N_OUTPUTS = {"precedence": 1, "link": 1, "temporal_weights": 2, "link_step": 4}
@@ -231,6 +246,20 @@ def test_float32_kernels_match_float64_reference(name):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
 
 
+@pytest.mark.parametrize("name", ["link", "link_step"])
+@pytest.mark.parametrize("N", [1, 5, 9, 13])
+def test_float32_partial_vectors_match_float64_reference(name, N):
+    """Rows shorter than, or not a multiple of, a vector of floats (4 or 8 lanes)."""
+    rng = np.random.default_rng(40 + N)
+    inputs = make_inputs(name, rng, B=3, N=N, R=5, dtype=np.float32)
+    cots = [c.astype(np.float32) for c in cotangents(name, rng, inputs)]
+    out, grads = run_compiled(name, inputs, cots)
+    ref_out, ref_grads = run_reference(name, [x.astype(np.float64) for x in inputs],
+                                       [c.astype(np.float64) for c in cots])
+    for got, want in zip(out + tuple(grads), ref_out + tuple(ref_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(np.max(np.abs(want)), 1.0))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_inputs_and_cotangents_are_not_mutated_and_stay_writeable(name):
     rng = np.random.default_rng(4)
@@ -436,3 +465,266 @@ def test_garbage_saved_state_and_cotangents_are_refused(name):
             backward(saved, *bad)
     with pytest.raises(TypeError):
         backward(saved, *cots[:-1])
+
+
+# ---------------------------------------------------------------- raw link_step kernels:
+# in place, zero (None) arguments, non-temporal stores (what the DNC's BPTT uses)
+
+def raw_link_step(inputs, link_out=None, link_prev="given", num_threads=1):
+    """link_step_forward of dmem._kernels.linkage on validated arrays."""
+    L, p, w, wr = inputs
+    out = [np.empty_like(L) if link_out is None else link_out, np.empty_like(p),
+           np.empty_like(wr), np.empty_like(wr)]
+    kernels.link_step_forward(L if isinstance(link_prev, str) else link_prev, p, w, wr, *out,
+                              num_threads=num_threads)
+    return out
+
+
+def raw_link_step_backward(inputs, cots, link_prev="given", grad_link="given",
+                           grad_link_prev="new", num_threads=1):
+    L, p, w, wr = inputs
+    dL, dp, df, db = cots
+    dlp = np.empty_like(L) if isinstance(grad_link_prev, str) else grad_link_prev
+    grads = [np.empty_like(p), np.empty_like(w), np.empty_like(wr)]
+    kernels.link_step_backward(L if isinstance(link_prev, str) else link_prev, p, w, wr,
+                               dL if isinstance(grad_link, str) else grad_link, dp, df, db,
+                               dlp, *grads, num_threads=num_threads)
+    return [dlp] + grads
+
+
+def valid_inputs(rng, B, N, R, dtype=np.float64):
+    inputs = make_inputs("link_step", rng, B, N, R, dtype=dtype)
+    cots = [np.asarray(c, dtype=dtype) for c in cotangents("link_step", rng, inputs)]
+    return inputs, cots
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N,R", [(13, 4), (16, 2), (9, 6)])
+def test_link_step_in_place(N, R, dtype):
+    """link may be link_prev itself, grad_link_prev grad_link itself: the same values."""
+    rng = np.random.default_rng(30 + N + R)
+    inputs, cots = valid_inputs(rng, 3, N, R, dtype)
+    want = raw_link_step(inputs)
+    L = inputs[0].copy()
+    got = raw_link_step([L] + inputs[1:], link_out=L)
+    assert got[0] is L
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    want = raw_link_step_backward(inputs, cots)
+    dL = cots[0].copy()
+    got = raw_link_step_backward(inputs, [dL] + cots[1:], grad_link_prev=dL)
+    assert got[0] is dL
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_link_step_none_is_zero_or_not_wanted(dtype):
+    """link_prev and grad_link None are zero matrices; grad_link_prev None is not computed."""
+    rng = np.random.default_rng(31)
+    inputs, cots = valid_inputs(rng, 3, 11, 5, dtype)
+    zero = np.zeros_like(inputs[0])
+    want = raw_link_step([zero] + inputs[1:])
+    got = raw_link_step(inputs, link_prev=None)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    want = raw_link_step_backward([zero] + inputs[1:], [zero] + cots[1:])
+    got = raw_link_step_backward(inputs, cots, link_prev=None, grad_link=None, grad_link_prev=None)
+    assert got[0] is None
+    for a, b in zip(got[1:], want[1:]):
+        np.testing.assert_array_equal(a, b)
+    # against the reference too (zero link_prev, zero link cotangent)
+    ref_in = [np.asarray(x, np.float64) for x in [zero] + inputs[1:]]
+    ref_cots = [np.zeros(zero.shape)] + [np.asarray(c, np.float64) for c in cots[1:]]
+    _, ref_grads = run_reference("link_step", ref_in, ref_cots)
+    tol = 1e-9 if dtype == np.float64 else 1e-4
+    for a, b in zip(got[1:], ref_grads[1:]):
+        assert_close(a, b, tol)
+
+
+def test_link_step_overlap_and_shapes_are_refused():
+    rng = np.random.default_rng(32)
+    inputs, cots = valid_inputs(rng, 2, 8, 3)
+    B, N = 2, 8
+    buf = np.zeros(B * N * N + N)
+    with pytest.raises(ValueError, match="partly overlap"):
+        raw_link_step_backward(inputs, [buf[:B * N * N].reshape(B, N, N)] + cots[1:],
+                               grad_link_prev=buf[N:].reshape(B, N, N))
+    buf[:B * N * N] = inputs[0].ravel()
+    with pytest.raises(ValueError, match="partly overlap"):
+        raw_link_step([buf[:B * N * N].reshape(B, N, N)] + inputs[1:],
+                      link_out=buf[N:].reshape(B, N, N))
+    with pytest.raises(ValueError, match="link_prev must have shape"):
+        raw_link_step(inputs, link_prev=np.zeros((B, N, N + 1)))
+    with pytest.raises(ValueError, match="grad_link must have shape"):
+        raw_link_step_backward(inputs, cots, grad_link=np.zeros((B + 1, N, N)))
+    with pytest.raises(ValueError, match="grad_link_prev must have shape"):
+        raw_link_step_backward(inputs, cots, grad_link_prev=np.zeros((B, N - 1, N)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("offset", [0, 1, 2, 4])
+def test_non_temporal_stores_give_the_same_values(dtype, offset):
+    """Outputs of very large link matrices bypass the caches: same values, whatever
+    the alignment of the output (offset elements from a 64-byte boundary)."""
+    rng = np.random.default_rng(33)
+    B, N = 3, 14
+    inputs, cots = valid_inputs(rng, B, N, 4, dtype)
+
+    def misaligned():
+        buf = np.empty(B * N * N + 64, dtype)
+        start = (-buf.ctypes.data % 64) // buf.itemsize + offset
+        return buf[start:start + B * N * N].reshape(B, N, N)
+
+    want_f = raw_link_step(inputs)
+    want_b = raw_link_step_backward(inputs, cots)
+    want_l = np.empty_like(inputs[0])
+    kernels.link_forward(inputs[0], inputs[2], inputs[1], want_l)
+    previous = kernels._set_stream_min_bytes(0)
+    try:
+        got_f = raw_link_step(inputs, link_out=misaligned())
+        got_b = raw_link_step_backward(inputs, cots, grad_link_prev=misaligned())
+        got_l = misaligned()
+        kernels.link_forward(inputs[0], inputs[2], inputs[1], got_l)
+        dL = cots[0].copy()  # in place: no streaming, same values
+        got_in_place = raw_link_step_backward(inputs, [dL] + cots[1:], grad_link_prev=dL)
+    finally:
+        kernels._set_stream_min_bytes(previous)
+    for a, b in zip(got_f + got_b + [got_l] + got_in_place, want_f + want_b + [want_l] + want_b):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_simd_level_is_reported():
+    level = kernels.simd_level()
+    assert level in ("avx2+fma", "baseline")
+    assert kernels._set_simd(level != "baseline") == level
+
+
+# ---------------------------------------------------------------- read weighting kernel
+
+def reference_read_weights(modes, backward, content, forward):
+    return (modes[..., 0:1] * backward + modes[..., 1:2] * content) + modes[..., 2:3] * forward
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+def test_read_weights_kernel_matches_reference(dtype, rtol):
+    rng = np.random.default_rng(34)
+    B, R, N = 3, 4, 11
+    block = np.exp(rng.standard_normal((B, R + 2, 5))).astype(dtype)
+    modes = block[:, 1:1 + R, 1:4]                           # a strided (B, R, 3) view
+    modes /= modes.sum(axis=-1, keepdims=True)
+    assert not modes.flags.c_contiguous
+    inputs = [modes] + [weightings(rng, B, R, N).astype(dtype) for _ in range(3)]
+    grad = rng.standard_normal((B, R, N))
+    out = np.empty((B, R, N), dtype)
+    kernels.read_weights_forward(*inputs, out, num_threads=2)
+    vjp, want = make_vjp(lambda args: reference_read_weights(*args))(
+        tuple(np.asarray(x, np.float64) for x in inputs))
+    assert_close(out, want, rtol)
+    strided = np.full((B, R, 5), np.nan, dtype)
+    grads = [strided[:, :, 1:4]] + [np.empty((B, R, N), dtype) for _ in range(3)]
+    kernels.read_weights_backward(*inputs, grad.astype(dtype), *grads, num_threads=2)
+    for got, want in zip(grads, vjp(grad)):
+        assert_close(got, want, 10 * rtol)
+    assert np.all(np.isnan(strided[:, :, [0, 4]]))
+
+
+# ---------------------------------------------------------------- the DNC's BPTT over these kernels:
+# each link matrix stored once, the link cotangent updated in place, memories
+# recomputed by segments, buffers reused across calls (dmem/_dnc_bptt.py)
+
+def dnc_case(seed=2, rows=4, **sizes):
+    from dmem.tasks import Copy
+
+    task = Copy(bits=3, min_len=1, max_len=6)
+    batch = task.sample(rows, seed)
+    options = dict(memory_slots=9, word_size=4, controller_size=7, read_heads=3)
+    options.update(sizes)
+    return dmem.DNC(task.input_size, task.output_size, seed=seed, **options), batch
+
+
+def assert_same_result(a, b):
+    assert a[0] == b[0]
+    for k in a[1]:
+        np.testing.assert_array_equal(a[1][k], b[1][k], err_msg=k)
+
+
+@pytest.mark.parametrize("controller", ["lstm", "ff"])
+def test_dnc_bptt_memory_segments_are_exact(controller, monkeypatch):
+    """Keeping every k-th memory and recomputing the others gives the same bits, and
+    the reference's gradient."""
+    model, batch = dnc_case(controller=controller)
+    dnc_bptt.clear_workspaces()
+    stored = model.loss_and_grad(*batch)
+    monkeypatch.setattr(dnc_bptt, "STORE_ALL_MEMORY_BYTES", 0)
+    dnc_bptt.clear_workspaces()
+    seq = dnc_bptt._Sequence(model.config, batch.inputs.shape[0], batch.inputs.shape[1],
+                             np.float64, True)
+    assert 1 < seq.k < batch.inputs.shape[0]
+    segmented = model.loss_and_grad(*batch)
+    assert_same_result(segmented, stored)
+    with dmem.use_backend("reference"):
+        ref = model.loss_and_grad(*batch)
+    np.testing.assert_allclose(segmented[0], ref[0], rtol=1e-10)
+    for k, g in ref[1].items():
+        scale = np.max(np.abs(g)) + 1e-300
+        np.testing.assert_allclose(segmented[1][k] / scale, g / scale, rtol=0, atol=1e-8,
+                                   err_msg=k)
+
+
+def test_dnc_bptt_reuses_its_buffers_across_calls():
+    model, batch = dnc_case()
+    dnc_bptt.clear_workspaces()
+    first = model.loss_and_grad(*batch)
+    assert model.loss_and_grad(*batch)[0] == first[0]
+    # parameters updated in place (as the optimisers do): the next call sees them
+    model.params["interface_W"] *= 0.5
+    model.params["output_W"] += 0.01
+    reused = model.loss_and_grad(*batch)
+    dnc_bptt.clear_workspaces()
+    assert_same_result(reused, model.loss_and_grad(*batch))
+    assert reused[0] != first[0]
+    # other sizes, inference in between, another model: all fresh where needed
+    forward = model.forward(batch.inputs)
+    other, _ = dnc_case(seed=3)
+    other.loss_and_grad(*batch)
+    short = model.loss_and_grad(batch.inputs[:5], batch.targets[:5], batch.mask[:5])
+    assert_same_result(model.loss_and_grad(*batch), reused)
+    np.testing.assert_array_equal(model.forward(batch.inputs), forward)
+    dnc_bptt.clear_workspaces()
+    assert_same_result(model.loss_and_grad(batch.inputs[:5], batch.targets[:5], batch.mask[:5]),
+                       short)
+
+
+def test_dnc_bptt_threads_do_not_change_the_result(monkeypatch):
+    monkeypatch.setattr(dnc_bptt, "PARALLEL_MIN_WORK", 0)
+    model, batch = dnc_case(rows=5)
+    before = dmem.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            dmem.set_num_threads(n)
+            results.append(model.loss_and_grad(*batch))
+    finally:
+        dmem.set_num_threads(before)
+    assert_same_result(results[0], results[1])
+
+
+def test_dnc_bptt_keeps_one_link_matrix_per_step():
+    """Peak memory of a step whose link matrices dominate: T − 1 of them (L_0 and L_1
+    are zero, and L_T is written where the link cotangent then lives), plus little."""
+    import tracemalloc
+
+    model, batch = dnc_case(rows=2, memory_slots=160, word_size=3, controller_size=6, read_heads=1)
+    T, B = batch.inputs.shape[:2]
+    N = model.config.memory_slots
+    link_bytes = T * B * N * N * 8
+    dnc_bptt.clear_workspaces()
+    tracemalloc.start()
+    try:
+        model.loss_and_grad(*batch)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        dnc_bptt.clear_workspaces()
+    assert (T - 1) / T * link_bytes < peak < 1.2 * link_bytes  # one more matrix: +1/T

@@ -1,0 +1,264 @@
+/*
+ * dmem: the hot loops of the DNC temporal link (link_step forward and backward,
+ * one batch row at a time), used by dmem/_kernels/linkage.pyx.
+ *
+ * Equations (DNC Methods; docs in linkage.pyx):
+ *
+ *     L_ij  = (1 - w_i - w_j) Lp_ij + w_i p_j,   L_ii = 0
+ *     f_r,i = sum_j L_ij wr_r,j          b_r,j = sum_i L_ij wr_r,i
+ *
+ *     G_ij  = dL_ij + sum_r (df_r,i wr_r,j + wr_r,i db_r,j)       (i != j)
+ *     dLp_ij = (1 - w_i - w_j) G_ij,    dLp_ii = 0
+ *     dw_i  = sum_j G_ij (p_j - Lp_ij) - sum_k G_ki Lp_ki
+ *     dp_j  = sum_i G_ij w_i
+ *     dwr_r = L^T df_r + L db_r
+ *
+ * How: one row i of the link matrix at a time, in chunks of one vector
+ * along j (16 bytes in the baseline version, 32 in the AVX2 one), with
+ * GCC/clang vector extensions.  Per-j vectors (w, p, the read weightings, db) are copied once
+ * per batch row into zero-padded scratch rows whose length is a multiple of
+ * the vector width, so that only the rows of the link matrices need a partial
+ * last chunk.  Read heads are handled four per pass (zero heads pad the last
+ * group), so a row of L or G is formed once and used for four heads while it
+ * is in registers.  Row reductions (f_r,i, the row part of dw_i and dwr_r,i)
+ * are vector accumulators summed in a fixed lane order at the end of the row:
+ * results do not depend on the thread count (a batch row is one thread's work).
+ * The diagonal entry is zeroed in its chunk (one lane), never corrected after.
+ *
+ * Runtime dispatch: on x86 with GCC or clang every function is compiled twice,
+ * for the baseline ISA of the build (SSE2 on x86-64) and with
+ * __attribute__((target("avx2,fma"))); dmem_linkage_simd_init() picks the
+ * AVX2/FMA version when the CPU (and OS) support it.  No -march flag is needed
+ * and the extension runs on any x86-64.  The two versions round differently
+ * (FMA), each deterministically.  Elsewhere (aarch64: NEON) one version, for
+ * the baseline ISA.  Compilers without vector extensions get scalar loops.
+ *
+ * In place: the forward may write L over Lp, and the backward dLp over dL (the
+ * same array, row for row): each chunk of the input row is read before the same
+ * chunk of the output row is written, and nothing else reads that input.  No
+ * other output may overlap an input.  NULL stands for a zero Lp or dL, and, in
+ * the backward, for a dLp that is not wanted (not stored).
+ */
+
+#ifndef DMEM_LINKAGE_SIMD_H
+#define DMEM_LINKAGE_SIMD_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#define DMEM_LINK_VECTORS 1
+#define DMEM_RESTRICT __restrict__
+#define DMEM_INLINE static inline __attribute__((always_inline))
+#else
+#define DMEM_LINK_VECTORS 0
+#define DMEM_RESTRICT
+#define DMEM_INLINE static inline
+#endif
+
+#if DMEM_LINK_VECTORS && (defined(__x86_64__) || defined(__i386__)) && !defined(DMEM_NO_SIMD_DISPATCH)
+#define DMEM_LINK_DISPATCH 1
+#else
+#define DMEM_LINK_DISPATCH 0
+#endif
+
+/* Non-temporal stores of the outputs of very large link matrices (x86). */
+#if DMEM_LINK_VECTORS && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
+#define DMEM_LINK_STREAM 1
+#include <immintrin.h>
+#else
+#define DMEM_LINK_STREAM 0
+#endif
+
+#if DMEM_LINK_VECTORS
+/* 16-byte vectors for the baseline ISA (SSE2, NEON), 32-byte ones for AVX2. */
+typedef double dmem_vd2 __attribute__((vector_size(16)));
+typedef double dmem_vd2_u __attribute__((vector_size(16), aligned(sizeof(double)), may_alias));
+typedef double dmem_vd4 __attribute__((vector_size(32)));
+typedef double dmem_vd4_u __attribute__((vector_size(32), aligned(sizeof(double)), may_alias));
+typedef float dmem_vf4 __attribute__((vector_size(16)));
+typedef float dmem_vf4_u __attribute__((vector_size(16), aligned(sizeof(float)), may_alias));
+typedef float dmem_vf8 __attribute__((vector_size(32)));
+typedef float dmem_vf8_u __attribute__((vector_size(32), aligned(sizeof(float)), may_alias));
+#endif
+
+/* ---- double, baseline ---- */
+#define DMEM_T double
+#define DMEM_T_SIZE 8
+#define DMEM_STREAM128(p, v) _mm_stream_pd((p), (__m128d)(v))
+#define DMEM_SUFFIX d
+#define DMEM_ATTR
+#define DMEM_ISA base
+#if DMEM_LINK_VECTORS
+#define DMEM_V 2
+#define DMEM_VT dmem_vd2
+#define DMEM_VTU dmem_vd2_u
+#else
+#define DMEM_V 1
+#endif
+#include "linkage_simd_impl.h"
+#undef DMEM_T
+#undef DMEM_T_SIZE
+#undef DMEM_STREAM128
+#undef DMEM_STREAM256
+#undef DMEM_STREAM128_HALVES
+#undef DMEM_SUFFIX
+#undef DMEM_ATTR
+#undef DMEM_ISA
+#undef DMEM_V
+#undef DMEM_VT
+#undef DMEM_VTU
+
+/* ---- float, baseline ---- */
+#define DMEM_T float
+#define DMEM_T_SIZE 4
+#define DMEM_STREAM128(p, v) _mm_stream_ps((p), (__m128)(v))
+#define DMEM_SUFFIX f
+#define DMEM_ATTR
+#define DMEM_ISA base
+#if DMEM_LINK_VECTORS
+#define DMEM_V 4
+#define DMEM_VT dmem_vf4
+#define DMEM_VTU dmem_vf4_u
+#else
+#define DMEM_V 1
+#endif
+#include "linkage_simd_impl.h"
+#undef DMEM_T
+#undef DMEM_T_SIZE
+#undef DMEM_STREAM128
+#undef DMEM_STREAM256
+#undef DMEM_STREAM128_HALVES
+#undef DMEM_SUFFIX
+#undef DMEM_ATTR
+#undef DMEM_ISA
+#undef DMEM_V
+#undef DMEM_VT
+#undef DMEM_VTU
+
+#if DMEM_LINK_DISPATCH
+/* ---- double, AVX2 + FMA ---- */
+#define DMEM_T double
+#define DMEM_T_SIZE 8
+#define DMEM_STREAM256(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#define DMEM_STREAM128_HALVES(p, v)                                        \
+    (_mm_stream_pd((p), _mm256_castpd256_pd128((__m256d)(v))),             \
+     _mm_stream_pd((p) + 2, _mm256_extractf128_pd((__m256d)(v), 1)))
+#define DMEM_SUFFIX d
+#define DMEM_ATTR __attribute__((target("avx2,fma")))
+#define DMEM_ISA avx2
+#define DMEM_V 4
+#define DMEM_VT dmem_vd4
+#define DMEM_VTU dmem_vd4_u
+#include "linkage_simd_impl.h"
+#undef DMEM_T
+#undef DMEM_T_SIZE
+#undef DMEM_STREAM128
+#undef DMEM_STREAM256
+#undef DMEM_STREAM128_HALVES
+#undef DMEM_SUFFIX
+#undef DMEM_ATTR
+#undef DMEM_ISA
+#undef DMEM_V
+#undef DMEM_VT
+#undef DMEM_VTU
+
+/* ---- float, AVX2 + FMA ---- */
+#define DMEM_T float
+#define DMEM_T_SIZE 4
+#define DMEM_STREAM256(p, v) _mm256_stream_ps((p), (__m256)(v))
+#define DMEM_STREAM128_HALVES(p, v)                                        \
+    (_mm_stream_ps((p), _mm256_castps256_ps128((__m256)(v))),              \
+     _mm_stream_ps((p) + 4, _mm256_extractf128_ps((__m256)(v), 1)))
+#define DMEM_SUFFIX f
+#define DMEM_ATTR __attribute__((target("avx2,fma")))
+#define DMEM_ISA avx2
+#define DMEM_V 8
+#define DMEM_VT dmem_vf8
+#define DMEM_VTU dmem_vf8_u
+#include "linkage_simd_impl.h"
+#undef DMEM_T
+#undef DMEM_T_SIZE
+#undef DMEM_STREAM128
+#undef DMEM_STREAM256
+#undef DMEM_STREAM128_HALVES
+#undef DMEM_SUFFIX
+#undef DMEM_ATTR
+#undef DMEM_ISA
+#undef DMEM_V
+#undef DMEM_VT
+#undef DMEM_VTU
+#endif
+
+/* ---- dispatch ---- */
+
+/* 1 when the AVX2/FMA versions run, 0 for the baseline versions. */
+static int dmem_link_simd = 0;
+
+/* The best level this CPU supports: 1 (AVX2 and FMA) or 0. */
+static int dmem_linkage_simd_supported(void)
+{
+#if DMEM_LINK_DISPATCH
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+/* Select the versions to run: level 1 asks for AVX2/FMA (granted only when
+ * supported), 0 for the baseline.  Returns the level in force. */
+static int dmem_linkage_set_simd(int level)
+{
+    dmem_link_simd = (level > 0 && dmem_linkage_simd_supported()) ? 1 : 0;
+    return dmem_link_simd;
+}
+
+static int dmem_linkage_get_simd(void) { return dmem_link_simd; }
+
+#if DMEM_LINK_DISPATCH
+#define DMEM_DISPATCH(name, suffix, args) \
+    (dmem_link_simd ? dmem_##name##_##suffix##_avx2 args : dmem_##name##_##suffix##_base args)
+#else
+#define DMEM_DISPATCH(name, suffix, args) (dmem_##name##_##suffix##_base args)
+#endif
+
+/* link_step forward of one batch row: L (n x n) from Lp (NULL: zero; may be L
+ * itself), and, when nr > 0, f = L wr, bw = L^T wr (nr x n).  nt: store L with
+ * non-temporal stores (for matrices too large to stay in cache).  Returns -1
+ * when out of memory, else 0. */
+static int dmem_link_forward_d(const double *lp, const double *pp, const double *w,
+                               const double *wr, double *L, double *f, double *bw,
+                               Py_ssize_t n, Py_ssize_t nr, int nt)
+{
+    return DMEM_DISPATCH(link_forward, d, (lp, pp, w, wr, L, f, bw, n, nr, nt));
+}
+
+static int dmem_link_forward_f(const float *lp, const float *pp, const float *w,
+                               const float *wr, float *L, float *f, float *bw,
+                               Py_ssize_t n, Py_ssize_t nr, int nt)
+{
+    return DMEM_DISPATCH(link_forward, f, (lp, pp, w, wr, L, f, bw, n, nr, nt));
+}
+
+/* link_step backward of one batch row, without the precedence: dLp (may be dL
+ * itself; NULL: not stored), dw, dpp and, when nr > 0, dwr.  Lp and dL may be
+ * NULL (zero).  nt: store dLp with non-temporal stores.  Returns -1 when out of
+ * memory, else 0. */
+static int dmem_link_backward_d(const double *lp, const double *pp, const double *w,
+                                const double *wr, const double *dL, const double *df,
+                                const double *db, double *dlp, double *dw, double *dpp,
+                                double *dwr, Py_ssize_t n, Py_ssize_t nr, int nt)
+{
+    return DMEM_DISPATCH(link_backward, d, (lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt));
+}
+
+static int dmem_link_backward_f(const float *lp, const float *pp, const float *w,
+                                const float *wr, const float *dL, const float *df,
+                                const float *db, float *dlp, float *dw, float *dpp,
+                                float *dwr, Py_ssize_t n, Py_ssize_t nr, int nt)
+{
+    return DMEM_DISPATCH(link_backward, f, (lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt));
+}
+
+#endif /* DMEM_LINKAGE_SIMD_H */
