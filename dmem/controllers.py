@@ -10,12 +10,11 @@ import numpy as np
 
 
 def sigmoid(x):
-    """Logistic function, stable for large ``|x|``."""
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
-    out[~pos] = e / (1.0 + e)
+    """Logistic function ``(1 + tanh(x/2)) / 2``: the reference's formula, stable for
+    large ``|x|`` (no overflow), in three ufunc calls (no boolean indexing)."""
+    out = np.tanh(0.5 * x)
+    out += 1.0
+    out *= 0.5
     return out
 
 

@@ -11,7 +11,9 @@ the thread count.  Every row works on its own row of a ``double`` work array
 given by the wrapper: intermediate quantities are kept in double precision
 whatever the dtype of the inputs.  The per-head helpers below are shared by the
 separate ops and the fused ``ntm_address``, so that the fused kernel computes
-what the chain of separate kernels computes.
+what the chain of separate kernels computes; the shift and sharpening helpers
+also by the fused NTM step (``ntm_step.pyx``), through ``addressing.pxd``,
+which holds the softmax and the vectorisable exp and log they use.
 
 Backward passes divide only by the ``√(x·x + ε)`` norms (≥ 1e-3) and, in the
 sharpening, by ``w_i + ε`` where the output ``out_i`` is positive (which
@@ -20,30 +22,13 @@ implies ``w_i + ε > 0``; the quotient ``out_i / (w_i+ε)`` is at most 1e12).
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, log, sqrt
+from libc.math cimport log, sqrt
 
 cdef double COSINE_EPSILON = 1e-6
 cdef double SHARPEN_EPSILON = 1e-12
 
 
 # ---------------------------------------------------------------- helpers
-
-cdef inline void _softmax(double* z, Py_ssize_t n) noexcept nogil:
-    """Softmax of ``z[:n]`` in place, the maximum subtracted first."""
-    cdef Py_ssize_t i
-    cdef double top = z[0]
-    cdef double total = 0.0
-    cdef double inverse
-    for i in range(1, n):
-        if z[i] > top:
-            top = z[i]
-    for i in range(n):
-        z[i] = exp(z[i] - top)
-        total = total + z[i]
-    inverse = 1.0 / total
-    for i in range(n):
-        z[i] = z[i] * inverse
-
 
 cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
     """``Σ_j a_j b_j`` in double, with four partial sums (a fixed order, and no
@@ -240,15 +225,20 @@ cdef inline Py_ssize_t _offset(Py_ssize_t k, Py_ssize_t radius, Py_ssize_t N) no
     return d
 
 
-cdef inline void _shift_forward(const double* weights, const double* shifts, double* out,
-                                Py_ssize_t N, Py_ssize_t S) noexcept nogil:
+cdef void _shift_forward(const double* weights, const double* shifts, double* out,
+                         Py_ssize_t N, Py_ssize_t S) noexcept nogil:
     """``out_i = Σ_k s_k w_{(i - (k - r)) mod N}``."""
     cdef Py_ssize_t i, k, d
     cdef Py_ssize_t radius = S // 2
     cdef double sk
-    for i in range(N):
-        out[i] = 0.0
-    for k in range(S):
+    # the first shift initialises ``out`` (no separate zeroing pass)
+    d = _offset(0, radius, N)
+    sk = shifts[0]
+    for i in range(d, N):
+        out[i] = sk * weights[i - d]
+    for i in range(d):
+        out[i] = sk * weights[i - d + N]
+    for k in range(1, S):
         d = _offset(k, radius, N)
         sk = shifts[k]
         for i in range(d, N):
@@ -257,45 +247,65 @@ cdef inline void _shift_forward(const double* weights, const double* shifts, dou
             out[i] = out[i] + sk * weights[i - d + N]
 
 
-cdef inline void _shift_backward(const double* weights, const double* shifts,
-                                 const double* grad_out, double* grad_weights,
-                                 double* grad_shifts, Py_ssize_t N, Py_ssize_t S) noexcept nogil:
+cdef void _shift_backward(const double* weights, const double* shifts,
+                          const double* grad_out, double* grad_weights,
+                          double* grad_shifts, Py_ssize_t N, Py_ssize_t S) noexcept nogil:
     """Backward of :func:`_shift_forward`: dL/dw into ``grad_weights``, dL/ds into ``grad_shifts``."""
     cdef Py_ssize_t i, k, d
     cdef Py_ssize_t radius = S // 2
     cdef double sk, acc
-    for i in range(N):
-        grad_weights[i] = 0.0
     for k in range(S):
         d = _offset(k, radius, N)
         sk = shifts[k]
         acc = 0.0
+        if k == 0:  # the first shift initialises grad_weights (no zeroing pass)
+            for i in range(d, N):
+                grad_weights[i - d] = sk * grad_out[i]
+            for i in range(d):
+                grad_weights[i - d + N] = sk * grad_out[i]
+        else:
+            for i in range(d, N):
+                grad_weights[i - d] = grad_weights[i - d] + sk * grad_out[i]
+            for i in range(d):
+                grad_weights[i - d + N] = grad_weights[i - d + N] + sk * grad_out[i]
         for i in range(d, N):
-            grad_weights[i - d] = grad_weights[i - d] + sk * grad_out[i]
             acc = acc + grad_out[i] * weights[i - d]
         for i in range(d):
-            grad_weights[i - d + N] = grad_weights[i - d + N] + sk * grad_out[i]
             acc = acc + grad_out[i] * weights[i - d + N]
         grad_shifts[k] = acc
 
 
-cdef inline void _sharpen_forward(const double* weights, double gamma, double* log_weights,
-                                  double* out, Py_ssize_t N) noexcept nogil:
+cdef void _sharpen_forward(const double* weights, double gamma, double* log_weights,
+                           double* out, Py_ssize_t N) noexcept nogil:
     """``out = softmax(γ log(w + ε))``, i.e. ``(w_i+ε)^γ / Σ_j (w_j+ε)^γ``.
 
-    Writes ``log(w+ε)`` to ``log_weights`` (saved for the backward).
+    Writes ``log(w+ε)`` to ``log_weights`` (saved for the backward).  The
+    logarithm is :func:`_log_normal` (vectorised) unless some ``w+ε`` is not a
+    positive normal number (a negative or non-finite weight), then libm's.
     """
     cdef Py_ssize_t i
+    cdef double x
+    cdef bint normal = True
     for i in range(N):
-        log_weights[i] = log(weights[i] + SHARPEN_EPSILON)
+        x = weights[i] + SHARPEN_EPSILON
+        log_weights[i] = x
+        if not (x >= 2.2250738585072014e-308 and x <= 1.7976931348623157e308):
+            normal = False
+    if normal:
+        for i in range(N):
+            log_weights[i] = _log_normal(log_weights[i])
+    else:
+        for i in range(N):
+            log_weights[i] = log(weights[i] + SHARPEN_EPSILON)
+    for i in range(N):
         out[i] = gamma * log_weights[i]
     _softmax(out, N)
 
 
-cdef inline double _sharpen_backward(const double* weights, const floating* out,
-                                     const double* log_weights, double gamma,
-                                     const double* grad_out, double* grad_weights,
-                                     Py_ssize_t N) noexcept nogil:
+cdef double _sharpen_backward(const double* weights, const floating* out,
+                              const double* log_weights, double gamma,
+                              const double* grad_out, double* grad_weights,
+                              Py_ssize_t N) noexcept nogil:
     """Backward of :func:`_sharpen_forward` from its output; return dL/dγ.
 
     With ``ḡ = Σ_j out_j g_j``: ``dL/dγ = Σ_i out_i (g_i - ḡ) log(w_i+ε)`` and
