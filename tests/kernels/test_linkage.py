@@ -633,6 +633,13 @@ def test_read_weights_kernel_matches_reference(dtype, rtol):
 # each link matrix stored once, the link cotangent updated in place, memories
 # recomputed by segments, buffers reused across calls (dmem/_dnc_bptt.py)
 
+@pytest.fixture
+def compiled_backend():
+    """These tests are about the compiled BPTT: run them there whatever DMEM_BACKEND says."""
+    with dmem.use_backend("compiled"):
+        yield
+
+
 def dnc_case(seed=2, rows=4, **sizes):
     from dmem.tasks import Copy
 
@@ -650,7 +657,7 @@ def assert_same_result(a, b):
 
 
 @pytest.mark.parametrize("controller", ["lstm", "ff"])
-def test_dnc_bptt_memory_segments_are_exact(controller, monkeypatch):
+def test_dnc_bptt_memory_segments_are_exact(controller, monkeypatch, compiled_backend):
     """Keeping every k-th memory and recomputing the others gives the same bits, and
     the reference's gradient."""
     model, batch = dnc_case(controller=controller)
@@ -672,7 +679,7 @@ def test_dnc_bptt_memory_segments_are_exact(controller, monkeypatch):
                                    err_msg=k)
 
 
-def test_dnc_bptt_reuses_its_buffers_across_calls():
+def test_dnc_bptt_reuses_its_buffers_across_calls(compiled_backend):
     model, batch = dnc_case()
     dnc_bptt.clear_workspaces()
     first = model.loss_and_grad(*batch)
@@ -696,7 +703,7 @@ def test_dnc_bptt_reuses_its_buffers_across_calls():
                        short)
 
 
-def test_dnc_bptt_threads_do_not_change_the_result(monkeypatch):
+def test_dnc_bptt_threads_do_not_change_the_result(monkeypatch, compiled_backend):
     monkeypatch.setattr(dnc_bptt, "PARALLEL_MIN_WORK", 0)
     model, batch = dnc_case(rows=5)
     before = dmem.get_num_threads()
@@ -710,7 +717,7 @@ def test_dnc_bptt_threads_do_not_change_the_result(monkeypatch):
     assert_same_result(results[0], results[1])
 
 
-def test_dnc_bptt_keeps_one_link_matrix_per_step():
+def test_dnc_bptt_keeps_one_link_matrix_per_step(compiled_backend):
     """Peak memory of a step whose link matrices dominate: T − 1 of them (L_0 and L_1
     are zero, and L_T is written where the link cotangent then lives), plus little."""
     import tracemalloc
