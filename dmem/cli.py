@@ -397,12 +397,14 @@ def _cmd_train(parser, args):
     print(f"training  batch {args.batch}; {args.optimizer}{lr}; clip {clip_text}; seed {args.seed}"
           f"{curriculum_text}")
     stop = [f"{args.steps} steps" if args.steps else None,
-            f"{args.minutes:g} minutes" if args.minutes else None]
+            f"{args.minutes:g} minutes" if args.minutes else None,
+            f"eval cost < {args.stop_below:g} bits/seq" if args.stop_below else None]
     print(f"run       backend {dmem.get_backend()}, {dmem.get_num_threads()} threads; until "
           f"{' or '.join(s for s in stop if s)}; {'resuming' if args.resume else 'writing to'} {out}")
     try:
         summary = train(
-            model, task, steps=args.steps, minutes=args.minutes, batch_size=args.batch,
+            model, task, steps=args.steps, minutes=args.minutes, stop_below=args.stop_below,
+            batch_size=args.batch,
             optimizer=optimizer, lr=args.lr if isinstance(optimizer, str) else None, clip=clip,
             curriculum=curriculum, eval_every=args.eval_every, eval_batches=args.eval_batches,
             eval_batch_size=getattr(args, "eval_batch_size", 32),
@@ -566,6 +568,8 @@ def build_parser():
     stop.add_argument("--steps", type=_positive_int, metavar="N",
                       help="train until N steps in total (also counting a resumed run's)")
     stop.add_argument("--minutes", type=_positive_float, metavar="M", help="train for M minutes")
+    g.add_argument("--stop-below", type=_positive_float, metavar="BITS",
+                   help="also stop at the first evaluation on the full task costing < BITS bits/seq")
     g.add_argument("--optimizer", choices=("rmsprop", "adam"), help="default rmsprop (Graves' variant)")
     g.add_argument("--lr", type=_positive_float, help="learning rate (default: rmsprop 1e-4, adam 1e-3)")
     clip = g.add_mutually_exclusive_group()

@@ -48,7 +48,8 @@ Files in ``out_dir`` (all written atomically except the appended log):
 * ``summary.json`` — the run's outcome, written at the end.
 
 Stopping: after ``steps`` total steps, after ``minutes`` of wall-clock time in
-this call, or on Ctrl-C (the step in progress is finished, a checkpoint is
+this call, when an evaluation on the full task (the curriculum, if any, at
+its top) costs less than ``stop_below`` bits per sequence, or on Ctrl-C (the step in progress is finished, a checkpoint is
 written, then :class:`KeyboardInterrupt` is raised; a second Ctrl-C aborts at
 once, keeping the previous checkpoint).  A NaN or infinite loss or gradient
 raises :class:`TrainingDivergedError` without touching the last checkpoint.
@@ -279,6 +280,10 @@ class Trainer:
     minutes : float or None
         Stop after this much wall-clock time in this run.  At least one of
         ``steps`` and ``minutes`` is required.
+    stop_below : float or None
+        Also stop (status ``"converged"``) at the first evaluation on the
+        full task (the curriculum, if any, at its top) whose cost is below
+        this many bits per sequence.
     batch_size : int
         Sequences per step (default 16).
     optimizer : ``"rmsprop"`` (Graves' variant), ``"adam"``, or an
@@ -311,7 +316,7 @@ class Trainer:
         Called with a line of text at every evaluation and at the end.
     """
 
-    def __init__(self, model, task, *, steps=None, minutes=None, batch_size=16,
+    def __init__(self, model, task, *, steps=None, minutes=None, stop_below=None, batch_size=16,
                  optimizer="rmsprop", lr=None, clip=("value", 10.0), curriculum=None,
                  eval_every=100, eval_batches=4, eval_batch_size=32, eval_seed=1234,
                  checkpoint_every=500, out_dir=None, resume=False, seed=0, progress=True, log=None):
@@ -328,6 +333,7 @@ class Trainer:
         self.minutes = _real("minutes", minutes, allow_none=True)
         if self.steps is None and self.minutes is None:
             raise ValueError("give steps or minutes (or both) to say when training stops")
+        self.stop_below = _real("stop_below", stop_below, allow_none=True)
         self.batch_size = _int("batch_size", batch_size, 1)
         if isinstance(optimizer, Optimizer):
             if lr is not None:
@@ -606,7 +612,8 @@ class Trainer:
         return float(loss)
 
     def _evaluate(self):
-        """Evaluate, write a log row, update best.npz and the curriculum."""
+        """Evaluate, write a log row, update best.npz and the curriculum; return
+        whether the ``stop_below`` criterion is met."""
         task = self.train_task()
         result = evaluate(self.model, task, None, self.eval_batches, self.eval_batch_size,
                           self.eval_seed)
@@ -630,6 +637,8 @@ class Trainer:
                     "sequences": self.step * self.batch_size, "task": self._task_meta(),
                     "eval": self._best, "seed": self.seed, "backend": _backend.get_backend(),
                     "dmem_version": _version()})
+        at_top = not self.curriculum or self.curriculum_length >= getattr(self.task, self._range[1])
+        converged = self.stop_below is not None and at_top and result["cost_bits"] < self.stop_below
         if self.curriculum and result["cost_bits"] < self.curriculum.threshold:
             top = getattr(self.task, self._range[1])
             if self.curriculum_length < top:
@@ -638,7 +647,7 @@ class Trainer:
                           f"{self.curriculum.threshold:g} bits/seq, {self._range[1]} "
                           f"{self.curriculum_length} -> {new}")
                 self.curriculum_length = new
-        return result
+        return converged
 
     def _handler(self, signum, frame):
         self._interrupt += 1
@@ -689,13 +698,17 @@ class Trainer:
                 self._train_step()
                 if self._bar is not None:
                     self._update_bar(start_step)
+                converged = False
                 if self.step % self.eval_every == 0:
-                    self._evaluate()
+                    converged = self._evaluate()
                 self._consistent = True
                 if self.out_dir is not None and self.step % self.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self._interrupt:
                     raise KeyboardInterrupt
+                if converged:
+                    status = "converged"
+                    break
         except KeyboardInterrupt:
             self._close_bar()
             if self.out_dir is not None and self._consistent and self._interrupt < 2:
@@ -770,7 +783,7 @@ def _version():
     return __version__
 
 
-def train(model, task, steps=None, minutes=None, batch_size=16, optimizer="rmsprop", lr=None,
+def train(model, task, steps=None, minutes=None, stop_below=None, batch_size=16, optimizer="rmsprop", lr=None,
           clip=("value", 10.0), curriculum=None, eval_every=100, eval_batches=4, eval_batch_size=32,
           eval_seed=1234, checkpoint_every=500, out_dir=None, resume=False, seed=0, progress=True,
           log=None):
@@ -779,10 +792,11 @@ def train(model, task, steps=None, minutes=None, batch_size=16, optimizer="rmspr
     ``Trainer(model, task, ...).run()``: the arguments are documented in
     :class:`Trainer`, the rules and files in this module's docstring.  The
     summary (also ``out_dir/summary.json``) has ``status`` (``"finished"``,
-    ``"time limit"``), ``step``, ``sequences``, ``seconds``, ``final_eval``,
+    ``"time limit"``, ``"converged"``), ``step``, ``sequences``, ``seconds``, ``final_eval``,
     ``best``, ``curriculum_length``, ``settings`` and ``files``.
     """
-    return Trainer(model, task, steps=steps, minutes=minutes, batch_size=batch_size,
+    return Trainer(model, task, steps=steps, minutes=minutes, stop_below=stop_below,
+                   batch_size=batch_size,
                    optimizer=optimizer, lr=lr, clip=clip, curriculum=curriculum,
                    eval_every=eval_every, eval_batches=eval_batches,
                    eval_batch_size=eval_batch_size, eval_seed=eval_seed,
