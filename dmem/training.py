@@ -687,11 +687,14 @@ class Trainer:
         self._bar = self._make_bar(start_step)
         status = "finished"
         try:
+            converged = False
             if fresh:
                 self._consistent = False
-                self._evaluate()
+                converged = self._evaluate()
                 self._consistent = True
-            while self.steps is None or self.step < self.steps:
+                if converged:
+                    status = "converged"
+            while not converged and (self.steps is None or self.step < self.steps):
                 if deadline is not None and time.perf_counter() >= deadline:
                     status = "time limit"
                     break

@@ -77,6 +77,15 @@ def test_train_dnc_with_curriculum_and_reference_backend(tmp_path, capsys):
     assert meta["task"]["config"]["max_repeats"] == 2 and meta["curriculum_length"] == 3
 
 
+def test_stop_below_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--steps", "50", "--stop-below", "1e6", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "until 50 steps or eval cost < 1e+06 bits/seq" in text
+    assert "converged at step 0" in text
+    assert json.loads((out / "summary.json").read_text())["status"] == "converged"
+
+
 def test_resume_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--steps", "2", "--out", str(out)]) == 0
@@ -153,6 +162,7 @@ def test_default_out_dir(tmp_path, capsys, monkeypatch):
     (["train", "--steps", "1", "--task-arg", "colour=red"], "no parameter"),
     (["train", "--steps", "1", "--task-arg", "oops"], "KEY=VALUE"),
     (["train", "--steps", "1", "--lr", "-1"], "--lr"),
+    (["train", "--steps", "1", "--stop-below", "0"], "--stop-below"),
     (["train", "--steps", "1", "--resume"], "--resume needs --out"),
     (["train", "--steps", "1", "--curriculum-step", "2"], "need --curriculum"),
     (["eval"], "CHECKPOINT"),

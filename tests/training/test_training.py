@@ -300,6 +300,25 @@ def test_time_limit_stops_training():
     assert summary["step"] <= 1
 
 
+def test_stop_below_ends_the_run_at_the_first_good_evaluation_on_the_full_task(tmp_path):
+    task = tiny_task(max_len=3)
+    lines = []
+    # every evaluation is "good"; the curriculum must reach the top first:
+    # evaluations at step 0 (length 1), 2 (length 2), 4 (length 3: stop)
+    summary = train(tiny_ntm(task), task, steps=50, stop_below=1e6, out_dir=tmp_path,
+                    log=lines.append, curriculum={"start": 1, "threshold": 1e6}, **QUICK)
+    assert summary["status"] == "converged"
+    assert summary["step"] == 4
+    assert [int(r[0]) for r in read_log(tmp_path)[1:]] == [0, 2, 4]
+    assert any(line.startswith("converged at step 4") for line in lines)
+    # without a curriculum the step-0 evaluation already counts
+    summary = train(tiny_ntm(task), task, steps=50, stop_below=1e6, **QUICK)
+    assert (summary["status"], summary["step"]) == ("converged", 0)
+    # a cost that is never reached: the step limit ends the run
+    summary = train(tiny_ntm(task), task, steps=4, stop_below=1e-12, **QUICK)
+    assert (summary["status"], summary["step"]) == ("finished", 4)
+
+
 # --------------------------------------------------------------------------
 # curriculum and evaluation
 
@@ -371,6 +390,8 @@ def test_sample_batch_at_a_length(name, kwargs, length, steps):
     (dict(steps=2, clip=("value", 0.0)), "clip"),
     (dict(steps=2, eval_every=0), "eval_every"),
     (dict(steps=2, minutes=float("nan")), "minutes"),
+    (dict(steps=2, stop_below=-1.0), "stop_below"),
+    (dict(steps=2, stop_below="0.1"), "stop_below"),
     (dict(steps=2, resume=True), "out_dir"),
     (dict(steps=2, curriculum=Curriculum(start=9)), "outside"),
     (dict(steps=2, curriculum={"begin": 1}), "unknown keys"),
