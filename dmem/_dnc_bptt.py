@@ -42,11 +42,15 @@ Memory (``T·B·N²`` link values dominate; the ratio to them is what counts):
   stored temporal and content weightings instead of being stored.
 """
 
+import concurrent.futures
 import math
+import os
+import threading
 import weakref
 
 import numpy as np
 
+from ._backend import get_num_threads
 from .compiled._common import threads
 
 try:
@@ -139,8 +143,9 @@ class _Sequence:
     so that the arrays can serve the next call with the same sizes.
     """
 
-    def __init__(self, config, T, B, dtype, train):
+    def __init__(self, config, T, B, dtype, train, omp_threads=None):
         self.config = config
+        self.omp_threads = omp_threads
         I = config.input_size
         self.T, self.B, self.I = T, B, I
         N, W, R, C = (config.memory_slots, config.word_size, config.read_heads,
@@ -240,8 +245,12 @@ class _Sequence:
         else one.  Results do not depend on it."""
         B, N, W, R = self.B, self.N, self.W, self.R
 
+        most = threads(B)
+        if self.omp_threads is not None:
+            most = max(1, min(most, self.omp_threads))
+
         def n(work):
-            return threads(B) if work >= PARALLEL_MIN_WORK else 1
+            return most if work >= PARALLEL_MIN_WORK else 1
 
         self.th_link = n(B * N * N * (1 + R))
         self.th_cw = n(B * N * W)
@@ -665,34 +674,90 @@ def _check_params(params, config):
 # another model or other sizes come.  REUSE_WORKSPACE = False turns it off.
 REUSE_WORKSPACE = True
 _WORKSPACES = {}
+_WORKSPACES_LOCK = threading.Lock()
+
+CHUNK_ROWS = 8
+"""Batch rows per chunk: each chunk runs the whole time loop on its rows, the
+chunks in parallel on ``dmem.get_num_threads()`` threads (the kernels and
+numpy's products release the GIL)."""
+
+MAX_CHUNKS = 8
+"""At most this many chunks: a large batch gets larger chunks."""
+
+CHUNK_MIN_WORK = 1 << 18
+"""The batch is cut into chunks only when a chunk's link update (``N²·(1 + R)``
+per row) takes at least this many inner steps; below, one chunk."""
+
+_pool = {"pid": None, "size": 0, "executor": None}
+_pool_lock = threading.Lock()
 
 
-def _sequence(anchor, config, T, B, dtype, train):
-    key = (config, T, B, np.dtype(dtype).str)
-    entry = _WORKSPACES.pop(train, None)
+def _chunks(config, B):
+    """``[(b0, b1), ...]``: the batch cut into balanced chunks (a function of the
+    configuration and ``B`` only, so that results do not depend on the number of
+    threads).  A small memory is one chunk: its step is mostly Python calls, which
+    two threads would take turns at under the GIL."""
+    N, R = config.memory_slots, config.read_heads
+    if N * N * (1 + R) * CHUNK_ROWS < CHUNK_MIN_WORK:
+        return [(0, B)]
+    n = max(1, min(-(-B // CHUNK_ROWS), MAX_CHUNKS))
+    edges = [B * i // n for i in range(n + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(n)]
+
+
+def _map(fn, n, nthreads):
+    """``[fn(0), ..., fn(n-1)]`` on up to ``nthreads`` threads (a pool kept between calls)."""
+    if nthreads <= 1 or n <= 1:
+        return [fn(c) for c in range(n)]
+    with _pool_lock:
+        # A pool made before a fork has no threads in the child: make another.
+        if _pool["pid"] != os.getpid() or _pool["size"] != nthreads:
+            if _pool["executor"] is not None and _pool["pid"] == os.getpid():
+                _pool["executor"].shutdown(wait=False)
+            _pool.update(pid=os.getpid(), size=nthreads,
+                         executor=concurrent.futures.ThreadPoolExecutor(
+                             nthreads, thread_name_prefix="dmem-dnc"))
+        executor = _pool["executor"]
+    return list(executor.map(fn, range(n)))
+
+
+def _plan(anchor, config, T, B, dtype, train):
+    """Chunks, one :class:`_Sequence` per chunk, and the threads that run them."""
+    chunks = _chunks(config, B)
+    total = get_num_threads()
+    pool_threads = min(total, len(chunks))
+    omp = max(1, total // len(chunks))
+    key = (config, T, B, np.dtype(dtype).str, omp)
+    with _WORKSPACES_LOCK:
+        entry = _WORKSPACES.pop(train, None)
     if entry is not None and entry[0]() is anchor and entry[1] == key:
-        return entry[2]
+        return chunks, entry[2], pool_threads
     del entry
-    return _Sequence(config, T, B, dtype, train)
+    seqs = [_Sequence(config, T, b1 - b0, dtype, train, omp) for b0, b1 in chunks]
+    return chunks, seqs, pool_threads
 
 
-def _keep(anchor, config, seq):
+def _keep(anchor, config, seqs):
     if not REUSE_WORKSPACE:
         return
-    train = seq.train
+    train = seqs[0].train
 
     def drop(ref):
-        entry = _WORKSPACES.get(train)
-        if entry is not None and entry[0] is ref:
-            _WORKSPACES.pop(train, None)
+        with _WORKSPACES_LOCK:
+            entry = _WORKSPACES.get(train)
+            if entry is not None and entry[0] is ref:
+                _WORKSPACES.pop(train, None)
 
-    key = (config, seq.T, seq.B, seq.dtype.str)
-    _WORKSPACES[train] = (weakref.ref(anchor, drop), key, seq)
+    s = seqs[0]
+    key = (config, s.T, sum(q.B for q in seqs), s.dtype.str, s.omp_threads)
+    with _WORKSPACES_LOCK:
+        _WORKSPACES[train] = (weakref.ref(anchor, drop), key, seqs)
 
 
 def clear_workspaces():
     """Release the arrays kept from the last calls."""
-    _WORKSPACES.clear()
+    with _WORKSPACES_LOCK:
+        _WORKSPACES.clear()
 
 
 def forward(params, buffers, config, x):
@@ -701,10 +766,16 @@ def forward(params, buffers, config, x):
     params = _check_params(params, config)
     dtype = params["output_W"].dtype
     T, B, _ = x.shape
-    seq = _sequence(anchor, config, T, B, dtype, train=False)
-    seq.load(params, x)
-    logits = seq.forward().copy()
-    _keep(anchor, config, seq)
+    chunks, seqs, pool_threads = _plan(anchor, config, T, B, dtype, train=False)
+
+    def run(c):
+        (b0, b1), seq = chunks[c], seqs[c]
+        seq.load(params, x[:, b0:b1])
+        return seq.forward().copy()
+
+    parts = _map(run, len(chunks), pool_threads)
+    logits = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    _keep(anchor, config, seqs)
     return logits
 
 
@@ -714,16 +785,27 @@ def loss_and_grad(params, buffers, config, x, target, mask):
     params = _check_params(params, config)
     dtype = params["output_W"].dtype
     T, B, _ = x.shape
-    seq = _sequence(anchor, config, T, B, dtype, train=True)
-    seq.load(params, x)
-    logits = seq.forward()
-    m = mask[..., None]
-    loss = float(np.sum(m * (np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits)))
-                             - target * logits)) / (LN2 * B))
-    with np.errstate(over="ignore"):
-        sig = np.empty_like(logits)
-        _sigmoid(logits, sig)
-    dlogits = m * (sig - target) / (LN2 * B)
-    grads = seq.backward(dlogits)
-    _keep(anchor, config, seq)
+    chunks, seqs, pool_threads = _plan(anchor, config, T, B, dtype, train=True)
+
+    def run(c):
+        (b0, b1), seq = chunks[c], seqs[c]
+        seq.load(params, x[:, b0:b1])
+        logits = seq.forward()
+        m = mask[:, b0:b1, None]
+        tg = target[:, b0:b1]
+        loss = float(np.sum(m * (np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits)))
+                                 - tg * logits)) / (LN2 * B))
+        with np.errstate(over="ignore"):
+            sig = np.empty_like(logits)
+            _sigmoid(logits, sig)
+        dlogits = m * (sig - tg) / (LN2 * B)
+        return loss, seq.backward(dlogits)
+
+    parts = _map(run, len(chunks), pool_threads)
+    loss, grads = parts[0]
+    for part_loss, part_grads in parts[1:]:
+        loss += part_loss
+        for k in grads:
+            grads[k] += part_grads[k]
+    _keep(anchor, config, seqs)
     return loss, grads
