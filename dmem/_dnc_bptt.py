@@ -28,7 +28,9 @@ How it stays fast:
 Memory (``T·B·N²`` link values dominate; the ratio to them is what counts):
 
 * each link matrix is stored once: ``L_t`` is the saved ``L_prev`` of step
-  ``t+1``.  ``L_0 = 0`` and ``L_1 = 0`` (exactly: ``L_1,ij = (1 − w_i − w_j)·0
+  ``t+1``; the link steps run in :class:`dmem._kernels.dnc_step.LinkSequence`,
+  which holds these arrays (checked once) and writes the stored matrices with
+  non-temporal stores when they are too many to stay in cache.  ``L_0 = 0`` and ``L_1 = 0`` (exactly: ``L_1,ij = (1 − w_i − w_j)·0
   + w_i·p_0,j`` with ``p_0 = 0``) are not stored (the link kernels take None
   for a zero matrix), and the last step's output ``L_T``, which nothing reads,
   goes to the buffer that then carries the link cotangent backwards, updated
@@ -58,8 +60,9 @@ try:
     from ._kernels import allocation as _allocation
     from ._kernels import linkage as _linkage
     from ._kernels import memory as _memory
+    from ._kernels.dnc_step import LinkSequence
 except ImportError:  # the extension is not built: only the reference backend runs
-    _addressing = _allocation = _linkage = _memory = None
+    _addressing = _allocation = _linkage = _memory = LinkSequence = None
 
 LN2 = math.log(2.0)
 
@@ -221,6 +224,10 @@ class _Sequence:
             self.link = None
             self.link_grad = empty(B, N, N)   # one matrix, updated in place
 
+        # the link steps over these arrays, checked once
+        self.links = LinkSequence(self.link, self.link_grad, self.precedence,
+                                  self.write_weights, self.fwd, self.bwd)
+
         # memories: checkpoints M_{jk} (and M_T) plus the k - 1 memories of one segment
         m_bytes = B * N * W * dtype.itemsize
         link_bytes = T * B * N * N * dtype.itemsize
@@ -285,6 +292,7 @@ class _Sequence:
         self.write_weights[0] = 0
         self.precedence[0] = 0
         self.mem_ck[0] = 0
+        self.links.use_simd(_linkage.simd_level() != "baseline")
         self._set_threads()
 
     def buffer(self, name, shape, dtype=None, zero=False):
@@ -308,18 +316,6 @@ class _Sequence:
         if j % k == 0:
             return self.mem_ck[j // k]
         return self.mem_seg[j % k - 1]
-
-    def link_prev(self, t):
-        """``L_t``, the link matrix step ``t`` starts from (None: zero)."""
-        if t <= 1:
-            return None
-        return self.link[t - 2] if self.train else self.link_grad
-
-    def link_out(self, t):
-        """Where step ``t`` writes ``L_{t+1}``."""
-        if self.train and 2 <= t + 1 <= self.T - 1:
-            return self.link[t - 1]
-        return self.link_grad
 
     # -- forward ---------------------------------------------------------------------
 
@@ -416,9 +412,7 @@ class _Sequence:
             self.prefix[t], self.sort_work, ww, self.th_ww)
         _memory.write_forward(m_prev, ww.reshape(B, 1, N), self.erase[t], self.write_vector[t], m,
                               self.th_write)
-        _linkage.link_step_forward(
-            self.link_prev(t), self.precedence[t], ww, wr_prev, self.link_out(t),
-            self.precedence[t + 1], self.fwd[t], self.bwd[t], self.th_link)
+        self.links.forward(t, wr_prev, self.th_link)
         _addressing.content_weights_forward(
             m, self.read_keys[t], self.read_strengths[t], self.cr[t], self.cr_cos[t],
             self.cr_mnorm[t], self.cr_knorm[t], self.cw_work, self.th_cr)
@@ -547,12 +541,10 @@ class _Sequence:
                         cw_work, self.th_cr)
                     d_mem += d_mem_r
                     d_mem += d_mem_c
-                    # the link cotangent is updated in place in link_grad (None: zero)
-                    _linkage.link_step_backward(
-                        self.link_prev(t), self.precedence[t], self.write_weights[t + 1], wr_prev,
-                        self.link_grad if t < T - 1 else None, d_p, d_fwd, d_back,
-                        self.link_grad if t > 0 else None, d_p_prev, d_ww_link, d_wr_link,
-                        self.th_link)
+                    # the link cotangent (of L_{t+1}, zero at t = T-1) becomes that of
+                    # L_t in place in link_grad (dmem._kernels.dnc_step.LinkSequence)
+                    self.links.backward(t, wr_prev, d_p, d_fwd, d_back, d_p_prev, d_ww_link,
+                                        d_wr_link, self.th_link)
                     d_p, d_p_prev = d_p_prev, d_p
                     ww = self.write_weights[t + 1]
                     _memory.write_backward(m_prev, ww.reshape(B, 1, N), self.erase[t],
