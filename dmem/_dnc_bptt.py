@@ -25,6 +25,15 @@ How it stays fast:
   activation is one numpy call per step; the derivatives of the activations
   are formed for all steps at once after the forward loop.
 
+Threads.  When a memory is large (a chunk's link update of at least
+:data:`CHUNK_MIN_WORK` inner steps), the batch is cut into chunks of at most
+:data:`CHUNK_ROWS` rows, the cut depending on the configuration and ``B``
+alone; each chunk runs the whole time loop on its rows in a pool of
+``dmem.get_num_threads()`` threads (the kernels and numpy's products release
+the GIL), and the loss and gradients are summed over the chunks in a fixed
+order: results do not depend on the number of threads.  A small memory stays
+one chunk: its step is mostly Python calls, which threads would take turns at.
+
 Memory (``T·B·N²`` link values dominate; the ratio to them is what counts):
 
 * each link matrix is stored once: ``L_t`` is the saved ``L_prev`` of step
