@@ -25,10 +25,21 @@ How it stays fast:
   activation is one numpy call per step; the derivatives of the activations
   are formed for all steps at once after the forward loop.
 
+Threads.  When a memory is large (a chunk's link update of at least
+:data:`CHUNK_MIN_WORK` inner steps), the batch is cut into chunks of at most
+:data:`CHUNK_ROWS` rows, the cut depending on the configuration and ``B``
+alone; each chunk runs the whole time loop on its rows in a pool of
+``dmem.get_num_threads()`` threads (the kernels and numpy's products release
+the GIL), and the loss and gradients are summed over the chunks in a fixed
+order: results do not depend on the number of threads.  A small memory stays
+one chunk: its step is mostly Python calls, which threads would take turns at.
+
 Memory (``T·B·N²`` link values dominate; the ratio to them is what counts):
 
 * each link matrix is stored once: ``L_t`` is the saved ``L_prev`` of step
-  ``t+1``.  ``L_0 = 0`` and ``L_1 = 0`` (exactly: ``L_1,ij = (1 − w_i − w_j)·0
+  ``t+1``; the link steps run in :class:`dmem._kernels.dnc_step.LinkSequence`,
+  which holds these arrays (checked once) and writes the stored matrices with
+  non-temporal stores when they are too many to stay in cache.  ``L_0 = 0`` and ``L_1 = 0`` (exactly: ``L_1,ij = (1 − w_i − w_j)·0
   + w_i·p_0,j`` with ``p_0 = 0``) are not stored (the link kernels take None
   for a zero matrix), and the last step's output ``L_T``, which nothing reads,
   goes to the buffer that then carries the link cotangent backwards, updated
@@ -42,11 +53,15 @@ Memory (``T·B·N²`` link values dominate; the ratio to them is what counts):
   stored temporal and content weightings instead of being stored.
 """
 
+import concurrent.futures
 import math
+import os
+import threading
 import weakref
 
 import numpy as np
 
+from ._backend import get_num_threads
 from .compiled._common import threads
 
 try:
@@ -54,8 +69,9 @@ try:
     from ._kernels import allocation as _allocation
     from ._kernels import linkage as _linkage
     from ._kernels import memory as _memory
+    from ._kernels.dnc_step import LinkSequence
 except ImportError:  # the extension is not built: only the reference backend runs
-    _addressing = _allocation = _linkage = _memory = None
+    _addressing = _allocation = _linkage = _memory = LinkSequence = None
 
 LN2 = math.log(2.0)
 
@@ -139,8 +155,9 @@ class _Sequence:
     so that the arrays can serve the next call with the same sizes.
     """
 
-    def __init__(self, config, T, B, dtype, train):
+    def __init__(self, config, T, B, dtype, train, omp_threads=None):
         self.config = config
+        self.omp_threads = omp_threads
         I = config.input_size
         self.T, self.B, self.I = T, B, I
         N, W, R, C = (config.memory_slots, config.word_size, config.read_heads,
@@ -216,6 +233,10 @@ class _Sequence:
             self.link = None
             self.link_grad = empty(B, N, N)   # one matrix, updated in place
 
+        # the link steps over these arrays, checked once
+        self.links = LinkSequence(self.link, self.link_grad, self.precedence,
+                                  self.write_weights, self.fwd, self.bwd)
+
         # memories: checkpoints M_{jk} (and M_T) plus the k - 1 memories of one segment
         m_bytes = B * N * W * dtype.itemsize
         link_bytes = T * B * N * N * dtype.itemsize
@@ -240,8 +261,12 @@ class _Sequence:
         else one.  Results do not depend on it."""
         B, N, W, R = self.B, self.N, self.W, self.R
 
+        most = threads(B)
+        if self.omp_threads is not None:
+            most = max(1, min(most, self.omp_threads))
+
         def n(work):
-            return threads(B) if work >= PARALLEL_MIN_WORK else 1
+            return most if work >= PARALLEL_MIN_WORK else 1
 
         self.th_link = n(B * N * N * (1 + R))
         self.th_cw = n(B * N * W)
@@ -276,6 +301,7 @@ class _Sequence:
         self.write_weights[0] = 0
         self.precedence[0] = 0
         self.mem_ck[0] = 0
+        self.links.use_simd(_linkage.simd_level() != "baseline")
         self._set_threads()
 
     def buffer(self, name, shape, dtype=None, zero=False):
@@ -299,18 +325,6 @@ class _Sequence:
         if j % k == 0:
             return self.mem_ck[j // k]
         return self.mem_seg[j % k - 1]
-
-    def link_prev(self, t):
-        """``L_t``, the link matrix step ``t`` starts from (None: zero)."""
-        if t <= 1:
-            return None
-        return self.link[t - 2] if self.train else self.link_grad
-
-    def link_out(self, t):
-        """Where step ``t`` writes ``L_{t+1}``."""
-        if self.train and 2 <= t + 1 <= self.T - 1:
-            return self.link[t - 1]
-        return self.link_grad
 
     # -- forward ---------------------------------------------------------------------
 
@@ -407,9 +421,7 @@ class _Sequence:
             self.prefix[t], self.sort_work, ww, self.th_ww)
         _memory.write_forward(m_prev, ww.reshape(B, 1, N), self.erase[t], self.write_vector[t], m,
                               self.th_write)
-        _linkage.link_step_forward(
-            self.link_prev(t), self.precedence[t], ww, wr_prev, self.link_out(t),
-            self.precedence[t + 1], self.fwd[t], self.bwd[t], self.th_link)
+        self.links.forward(t, wr_prev, self.th_link)
         _addressing.content_weights_forward(
             m, self.read_keys[t], self.read_strengths[t], self.cr[t], self.cr_cos[t],
             self.cr_mnorm[t], self.cr_knorm[t], self.cw_work, self.th_cr)
@@ -538,12 +550,10 @@ class _Sequence:
                         cw_work, self.th_cr)
                     d_mem += d_mem_r
                     d_mem += d_mem_c
-                    # the link cotangent is updated in place in link_grad (None: zero)
-                    _linkage.link_step_backward(
-                        self.link_prev(t), self.precedence[t], self.write_weights[t + 1], wr_prev,
-                        self.link_grad if t < T - 1 else None, d_p, d_fwd, d_back,
-                        self.link_grad if t > 0 else None, d_p_prev, d_ww_link, d_wr_link,
-                        self.th_link)
+                    # the link cotangent (of L_{t+1}, zero at t = T-1) becomes that of
+                    # L_t in place in link_grad (dmem._kernels.dnc_step.LinkSequence)
+                    self.links.backward(t, wr_prev, d_p, d_fwd, d_back, d_p_prev, d_ww_link,
+                                        d_wr_link, self.th_link)
                     d_p, d_p_prev = d_p_prev, d_p
                     ww = self.write_weights[t + 1]
                     _memory.write_backward(m_prev, ww.reshape(B, 1, N), self.erase[t],
@@ -665,34 +675,90 @@ def _check_params(params, config):
 # another model or other sizes come.  REUSE_WORKSPACE = False turns it off.
 REUSE_WORKSPACE = True
 _WORKSPACES = {}
+_WORKSPACES_LOCK = threading.Lock()
+
+CHUNK_ROWS = 8
+"""Batch rows per chunk: each chunk runs the whole time loop on its rows, the
+chunks in parallel on ``dmem.get_num_threads()`` threads (the kernels and
+numpy's products release the GIL)."""
+
+MAX_CHUNKS = 8
+"""At most this many chunks: a large batch gets larger chunks."""
+
+CHUNK_MIN_WORK = 1 << 18
+"""The batch is cut into chunks only when a chunk's link update (``N²·(1 + R)``
+per row) takes at least this many inner steps; below, one chunk."""
+
+_pool = {"pid": None, "size": 0, "executor": None}
+_pool_lock = threading.Lock()
 
 
-def _sequence(anchor, config, T, B, dtype, train):
-    key = (config, T, B, np.dtype(dtype).str)
-    entry = _WORKSPACES.pop(train, None)
+def _chunks(config, B):
+    """``[(b0, b1), ...]``: the batch cut into balanced chunks (a function of the
+    configuration and ``B`` only, so that results do not depend on the number of
+    threads).  A small memory is one chunk: its step is mostly Python calls, which
+    two threads would take turns at under the GIL."""
+    N, R = config.memory_slots, config.read_heads
+    if N * N * (1 + R) * CHUNK_ROWS < CHUNK_MIN_WORK:
+        return [(0, B)]
+    n = max(1, min(-(-B // CHUNK_ROWS), MAX_CHUNKS))
+    edges = [B * i // n for i in range(n + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(n)]
+
+
+def _map(fn, n, nthreads):
+    """``[fn(0), ..., fn(n-1)]`` on up to ``nthreads`` threads (a pool kept between calls)."""
+    if nthreads <= 1 or n <= 1:
+        return [fn(c) for c in range(n)]
+    with _pool_lock:
+        # A pool made before a fork has no threads in the child: make another.
+        if _pool["pid"] != os.getpid() or _pool["size"] != nthreads:
+            if _pool["executor"] is not None and _pool["pid"] == os.getpid():
+                _pool["executor"].shutdown(wait=False)
+            _pool.update(pid=os.getpid(), size=nthreads,
+                         executor=concurrent.futures.ThreadPoolExecutor(
+                             nthreads, thread_name_prefix="dmem-dnc"))
+        executor = _pool["executor"]
+    return list(executor.map(fn, range(n)))
+
+
+def _plan(anchor, config, T, B, dtype, train):
+    """Chunks, one :class:`_Sequence` per chunk, and the threads that run them."""
+    chunks = _chunks(config, B)
+    total = get_num_threads()
+    pool_threads = min(total, len(chunks))
+    omp = max(1, total // len(chunks))
+    key = (config, T, B, np.dtype(dtype).str, omp)
+    with _WORKSPACES_LOCK:
+        entry = _WORKSPACES.pop(train, None)
     if entry is not None and entry[0]() is anchor and entry[1] == key:
-        return entry[2]
+        return chunks, entry[2], pool_threads
     del entry
-    return _Sequence(config, T, B, dtype, train)
+    seqs = [_Sequence(config, T, b1 - b0, dtype, train, omp) for b0, b1 in chunks]
+    return chunks, seqs, pool_threads
 
 
-def _keep(anchor, config, seq):
+def _keep(anchor, config, seqs):
     if not REUSE_WORKSPACE:
         return
-    train = seq.train
+    train = seqs[0].train
 
     def drop(ref):
-        entry = _WORKSPACES.get(train)
-        if entry is not None and entry[0] is ref:
-            _WORKSPACES.pop(train, None)
+        with _WORKSPACES_LOCK:
+            entry = _WORKSPACES.get(train)
+            if entry is not None and entry[0] is ref:
+                _WORKSPACES.pop(train, None)
 
-    key = (config, seq.T, seq.B, seq.dtype.str)
-    _WORKSPACES[train] = (weakref.ref(anchor, drop), key, seq)
+    s = seqs[0]
+    key = (config, s.T, sum(q.B for q in seqs), s.dtype.str, s.omp_threads)
+    with _WORKSPACES_LOCK:
+        _WORKSPACES[train] = (weakref.ref(anchor, drop), key, seqs)
 
 
 def clear_workspaces():
     """Release the arrays kept from the last calls."""
-    _WORKSPACES.clear()
+    with _WORKSPACES_LOCK:
+        _WORKSPACES.clear()
 
 
 def forward(params, buffers, config, x):
@@ -701,10 +767,16 @@ def forward(params, buffers, config, x):
     params = _check_params(params, config)
     dtype = params["output_W"].dtype
     T, B, _ = x.shape
-    seq = _sequence(anchor, config, T, B, dtype, train=False)
-    seq.load(params, x)
-    logits = seq.forward().copy()
-    _keep(anchor, config, seq)
+    chunks, seqs, pool_threads = _plan(anchor, config, T, B, dtype, train=False)
+
+    def run(c):
+        (b0, b1), seq = chunks[c], seqs[c]
+        seq.load(params, x[:, b0:b1])
+        return seq.forward().copy()
+
+    parts = _map(run, len(chunks), pool_threads)
+    logits = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    _keep(anchor, config, seqs)
     return logits
 
 
@@ -714,16 +786,27 @@ def loss_and_grad(params, buffers, config, x, target, mask):
     params = _check_params(params, config)
     dtype = params["output_W"].dtype
     T, B, _ = x.shape
-    seq = _sequence(anchor, config, T, B, dtype, train=True)
-    seq.load(params, x)
-    logits = seq.forward()
-    m = mask[..., None]
-    loss = float(np.sum(m * (np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits)))
-                             - target * logits)) / (LN2 * B))
-    with np.errstate(over="ignore"):
-        sig = np.empty_like(logits)
-        _sigmoid(logits, sig)
-    dlogits = m * (sig - target) / (LN2 * B)
-    grads = seq.backward(dlogits)
-    _keep(anchor, config, seq)
+    chunks, seqs, pool_threads = _plan(anchor, config, T, B, dtype, train=True)
+
+    def run(c):
+        (b0, b1), seq = chunks[c], seqs[c]
+        seq.load(params, x[:, b0:b1])
+        logits = seq.forward()
+        m = mask[:, b0:b1, None]
+        tg = target[:, b0:b1]
+        loss = float(np.sum(m * (np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits)))
+                                 - tg * logits)) / (LN2 * B))
+        with np.errstate(over="ignore"):
+            sig = np.empty_like(logits)
+            _sigmoid(logits, sig)
+        dlogits = m * (sig - tg) / (LN2 * B)
+        return loss, seq.backward(dlogits)
+
+    parts = _map(run, len(chunks), pool_threads)
+    loss, grads = parts[0]
+    for part_loss, part_grads in parts[1:]:
+        loss += part_loss
+        for k in grads:
+            grads[k] += part_grads[k]
+    _keep(anchor, config, seqs)
     return loss, grads

@@ -717,6 +717,38 @@ def test_dnc_bptt_threads_do_not_change_the_result(monkeypatch, compiled_backend
     assert_same_result(results[0], results[1])
 
 
+@pytest.mark.parametrize("controller", ["lstm", "ff"])
+def test_dnc_bptt_batch_chunks_on_threads_are_exact(controller, monkeypatch, compiled_backend):
+    """The batch cut into chunks run on a pool of threads: the reference's loss and
+    gradient, and the same bits on 1 and 2 threads."""
+    monkeypatch.setattr(dnc_bptt, "CHUNK_MIN_WORK", 0)
+    monkeypatch.setattr(dnc_bptt, "CHUNK_ROWS", 2)
+    model, batch = dnc_case(controller=controller, rows=5)
+    assert dnc_bptt._chunks(model.config, 5) == [(0, 1), (1, 3), (3, 5)]
+    before = dmem.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            dmem.set_num_threads(n)
+            dnc_bptt.clear_workspaces()
+            results.append(model.loss_and_grad(*batch))
+            results.append(model.loss_and_grad(*batch))   # reused buffers
+            assert_same_result(results[-1], results[-2])
+    finally:
+        dmem.set_num_threads(before)
+        dnc_bptt.clear_workspaces()
+    assert_same_result(results[0], results[2])
+    with dmem.use_backend("reference"):
+        ref = model.loss_and_grad(*batch)
+        forward_ref = model.forward(batch.inputs)
+    np.testing.assert_allclose(results[0][0], ref[0], rtol=1e-10)
+    for k, g in ref[1].items():
+        scale = np.max(np.abs(g)) + 1e-300
+        np.testing.assert_allclose(results[0][1][k] / scale, g / scale, rtol=0, atol=1e-8,
+                                   err_msg=k)
+    np.testing.assert_allclose(model.forward(batch.inputs), forward_ref, rtol=1e-10, atol=1e-12)
+
+
 def test_dnc_bptt_keeps_one_link_matrix_per_step(compiled_backend):
     """Peak memory of a step whose link matrices dominate: T − 1 of them (L_0 and L_1
     are zero, and L_T is written where the link cotangent then lives), plus little."""
