@@ -51,25 +51,34 @@ def precedence_backward(saved, grad_precedence):
     return dpp, dw
 
 
-def link_forward(link_prev, write_weights, precedence_prev):
+def link_forward(link_prev, write_weights, precedence_prev, *, out_link=None):
     """Temporal link matrix ``L_ij = (1 − w_i − w_j) L_prev,ij + w_i p_prev,j``, ``L_ii = 0``.
 
     ``link_prev`` `(B, N, N)`, ``write_weights`` and ``precedence_prev``
     `(B, N)`.  Returns ``(link, saved)`` with ``link`` `(B, N, N)`.
+    ``out_link``: as in :func:`link_step_forward` (the backward does not read it).
     """
     (lp, w, pp), sizes = forward_inputs("link", (link_prev, write_weights, precedence_prev))
-    link = empty(lp.shape, sizes["dtype"])
+    if out_link is None:
+        link = empty(lp.shape, sizes["dtype"])
+    else:
+        link = _out_array("link_forward", "out_link", out_link, lp.shape, sizes["dtype"], (lp, w, pp))
     _k.link_forward(lp, w, pp, link, num_threads=_threads(lp.shape[0], lp.size))
     return link, Saved("link", [lp, w, pp], [link], sizes)
 
 
-def link_backward(saved, grad_link):
+def link_backward(saved, grad_link, *, out_grad_link_prev=None):
     """Gradients of ``link``: ``(grad_link_prev (B, N, N), grad_write_weights (B, N),
-    grad_precedence_prev (B, N))``.  The diagonal of ``grad_link`` is ignored."""
+    grad_precedence_prev (B, N))``.  The diagonal of ``grad_link`` is ignored.
+    ``out_grad_link_prev``: as in :func:`link_step_backward`."""
     (dl,) = backward_grads("link", saved, (grad_link,))
     lp, w, pp = _saved_inputs("link", saved)
     B, N = w.shape
-    dlp = empty(lp.shape, lp.dtype)
+    if out_grad_link_prev is None:
+        dlp = empty(lp.shape, lp.dtype)
+    else:
+        dlp = _out_array("link_backward", "out_grad_link_prev", out_grad_link_prev,
+                         lp.shape, lp.dtype, (lp, w, pp, dl))
     dw = empty((B, N), lp.dtype)
     dpp = empty((B, N), lp.dtype)
     _k.link_backward(lp, w, pp, dl, dlp, dw, dpp, num_threads=_threads(B, lp.size))

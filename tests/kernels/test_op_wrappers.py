@@ -77,3 +77,27 @@ def test_bad_out_grad_link_prev_is_refused_by_name():
         cl.link_step_backward(saved, *cots, out_grad_link_prev=cots[0])  # over grad_link
     with pytest.raises(ValueError, match="out_grad_link_prev"):
         cl.link_step_backward(saved, *cots, out_grad_link_prev=inputs[0])  # over a saved input
+
+
+def test_link_out_buffers():
+    rng = np.random.default_rng(2)
+    lp, pp, w, _ = _inputs(rng)
+    link, saved = cl.link_forward(lp, w, pp)
+    g = rng.standard_normal(link.shape)
+    grads = cl.link_backward(saved, g)
+    buf, gbuf = np.full(lp.shape, np.nan), np.full(lp.shape, np.nan)
+    link2, saved2 = cl.link_forward(lp, w, pp, out_link=buf)
+    assert link2 is buf
+    np.testing.assert_array_equal(link, link2)
+    grads2 = cl.link_backward(saved2, g, out_grad_link_prev=gbuf)
+    assert grads2[0] is gbuf
+    for a, b in zip(grads, grads2):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="out_link"):
+        cl.link_forward(lp, w, pp, out_link=lp[:, ::-1])
+    with pytest.raises(ValueError, match="out_link"):
+        cl.link_forward(lp, w, pp, out_link=lp)
+    with pytest.raises(ValueError, match="out_grad_link_prev"):
+        cl.link_backward(saved, g, out_grad_link_prev=g)
+    with pytest.raises(TypeError, match="out_grad_link_prev"):
+        cl.link_backward(saved, g, out_grad_link_prev=np.empty(lp.shape, np.float32))
