@@ -12,6 +12,8 @@ a `(B, N, N)` link matrix is large, and the DNC never modifies its previous
 state.  Do not write into an input between a forward and its backward.
 """
 
+import numpy as np
+
 from .._kernels import linkage as _k
 from .._opspec import OPS
 from ._common import Saved, backward_grads, empty, forward_inputs, saved_arrays, threads
@@ -49,25 +51,34 @@ def precedence_backward(saved, grad_precedence):
     return dpp, dw
 
 
-def link_forward(link_prev, write_weights, precedence_prev):
+def link_forward(link_prev, write_weights, precedence_prev, *, out_link=None):
     """Temporal link matrix ``L_ij = (1 − w_i − w_j) L_prev,ij + w_i p_prev,j``, ``L_ii = 0``.
 
     ``link_prev`` `(B, N, N)`, ``write_weights`` and ``precedence_prev``
     `(B, N)`.  Returns ``(link, saved)`` with ``link`` `(B, N, N)`.
+    ``out_link``: as in :func:`link_step_forward` (the backward does not read it).
     """
     (lp, w, pp), sizes = forward_inputs("link", (link_prev, write_weights, precedence_prev))
-    link = empty(lp.shape, sizes["dtype"])
+    if out_link is None:
+        link = empty(lp.shape, sizes["dtype"])
+    else:
+        link = _out_array("link_forward", "out_link", out_link, lp.shape, sizes["dtype"], (lp, w, pp))
     _k.link_forward(lp, w, pp, link, num_threads=_threads(lp.shape[0], lp.size))
     return link, Saved("link", [lp, w, pp], [link], sizes)
 
 
-def link_backward(saved, grad_link):
+def link_backward(saved, grad_link, *, out_grad_link_prev=None):
     """Gradients of ``link``: ``(grad_link_prev (B, N, N), grad_write_weights (B, N),
-    grad_precedence_prev (B, N))``.  The diagonal of ``grad_link`` is ignored."""
+    grad_precedence_prev (B, N))``.  The diagonal of ``grad_link`` is ignored.
+    ``out_grad_link_prev``: as in :func:`link_step_backward`."""
     (dl,) = backward_grads("link", saved, (grad_link,))
     lp, w, pp = _saved_inputs("link", saved)
     B, N = w.shape
-    dlp = empty(lp.shape, lp.dtype)
+    if out_grad_link_prev is None:
+        dlp = empty(lp.shape, lp.dtype)
+    else:
+        dlp = _out_array("link_backward", "out_grad_link_prev", out_grad_link_prev,
+                         lp.shape, lp.dtype, (lp, w, pp, dl))
     dw = empty((B, N), lp.dtype)
     dpp = empty((B, N), lp.dtype)
     _k.link_backward(lp, w, pp, dl, dlp, dw, dpp, num_threads=_threads(B, lp.size))
@@ -99,7 +110,24 @@ def temporal_weights_backward(saved, grad_forward_weights, grad_backward_weights
     return dL, dwr
 
 
-def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_prev):
+def _out_array(op, name, out, shape, dtype, inputs):
+    """``out`` if it can hold an output of ``shape`` and ``dtype`` (a writeable
+    C-contiguous ndarray sharing no memory with ``inputs``), else a clear error."""
+    if type(out) is not np.ndarray:
+        raise TypeError(f"{op}: {name} must be a numpy array of shape {tuple(shape)}, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{op}: {name} must have dtype {dtype}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"{op}: {name} must be C-contiguous and writeable")
+    for a in inputs:
+        if np.may_share_memory(out, a):
+            raise ValueError(f"{op}: {name} must not share memory with an input")
+    return out
+
+
+def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_prev, *, out_link=None):
     """One fused step of the temporal linkage: ``link``, ``precedence``, then
     ``temporal_weights`` of the new link matrix, in one pass over ``link_prev``.
 
@@ -107,12 +135,20 @@ def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_pr
     `(B, N)`, ``read_weights_prev`` `(B, R, N)`.  Returns
     ``((link, precedence, forward_weights, backward_weights), saved)`` with
     shapes `(B, N, N)`, `(B, N)`, `(B, R, N)`, `(B, R, N)`.
+
+    ``out_link``: an array of the link's shape and dtype to write the new link
+    into (returned as ``link``), e.g. a buffer reused across steps to avoid
+    the page faults of a fresh `(B, N, N)` array.  It must not share memory
+    with an input.  The backward does not read it.
     """
     (lp, pp, w, wr), sizes = forward_inputs(
         "link_step", (link_prev, precedence_prev, write_weights, read_weights_prev)
     )
     dtype = sizes["dtype"]
-    link = empty(lp.shape, dtype)
+    if out_link is None:
+        link = empty(lp.shape, dtype)
+    else:
+        link = _out_array("link_step_forward", "out_link", out_link, lp.shape, dtype, (lp, pp, w, wr))
     p = empty(pp.shape, dtype)
     f = empty(wr.shape, dtype)
     bw = empty(wr.shape, dtype)
@@ -124,12 +160,14 @@ def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_pr
 
 
 def link_step_backward(saved, grad_link, grad_precedence, grad_forward_weights,
-                       grad_backward_weights):
+                       grad_backward_weights, *, out_grad_link_prev=None):
     """Gradients of ``link_step``: ``(grad_link_prev (B, N, N), grad_precedence_prev (B, N),
     grad_write_weights (B, N), grad_read_weights_prev (B, R, N))``.
 
     One pass over ``link_prev`` and ``grad_link``; the diagonal of
-    ``grad_link`` is ignored.
+    ``grad_link`` is ignored.  ``out_grad_link_prev``: an array of
+    ``link_prev``'s shape and dtype to write its gradient into (returned
+    first); it must not share memory with the saved arrays or the gradients.
     """
     dl, dp, df, db = backward_grads(
         "link_step", saved, (grad_link, grad_precedence, grad_forward_weights, grad_backward_weights)
@@ -137,7 +175,11 @@ def link_step_backward(saved, grad_link, grad_precedence, grad_forward_weights,
     lp, pp, w, wr = _saved_inputs("link_step", saved)
     B, R, N = wr.shape
     dtype = lp.dtype
-    dlp = empty(lp.shape, dtype)
+    if out_grad_link_prev is None:
+        dlp = empty(lp.shape, dtype)
+    else:
+        dlp = _out_array("link_step_backward", "out_grad_link_prev", out_grad_link_prev,
+                         lp.shape, dtype, (lp, pp, w, wr, dl, dp, df, db))
     dpp = empty((B, N), dtype)
     dw = empty((B, N), dtype)
     dwr = empty(wr.shape, dtype)
