@@ -53,14 +53,13 @@ Memory (``T·B·N²`` link values dominate; the ratio to them is what counts):
   stored temporal and content weightings instead of being stored.
 """
 
-import concurrent.futures
 import math
-import os
 import threading
 import weakref
 
 import numpy as np
 
+from . import _chunks as _chunks_mod
 from ._backend import get_num_threads
 from .compiled._common import threads
 
@@ -689,8 +688,6 @@ CHUNK_MIN_WORK = 1 << 18
 """The batch is cut into chunks only when a chunk's link update (``N²·(1 + R)``
 per row) takes at least this many inner steps; below, one chunk."""
 
-_pool = {"pid": None, "size": 0, "executor": None}
-_pool_lock = threading.Lock()
 
 
 def _chunks(config, B):
@@ -701,25 +698,10 @@ def _chunks(config, B):
     N, R = config.memory_slots, config.read_heads
     if N * N * (1 + R) * CHUNK_ROWS < CHUNK_MIN_WORK:
         return [(0, B)]
-    n = max(1, min(-(-B // CHUNK_ROWS), MAX_CHUNKS))
-    edges = [B * i // n for i in range(n + 1)]
-    return [(edges[i], edges[i + 1]) for i in range(n)]
+    return _chunks_mod.balanced(B, CHUNK_ROWS, MAX_CHUNKS)
 
 
-def _map(fn, n, nthreads):
-    """``[fn(0), ..., fn(n-1)]`` on up to ``nthreads`` threads (a pool kept between calls)."""
-    if nthreads <= 1 or n <= 1:
-        return [fn(c) for c in range(n)]
-    with _pool_lock:
-        # A pool made before a fork has no threads in the child: make another.
-        if _pool["pid"] != os.getpid() or _pool["size"] != nthreads:
-            if _pool["executor"] is not None and _pool["pid"] == os.getpid():
-                _pool["executor"].shutdown(wait=False)
-            _pool.update(pid=os.getpid(), size=nthreads,
-                         executor=concurrent.futures.ThreadPoolExecutor(
-                             nthreads, thread_name_prefix="dmem-dnc"))
-        executor = _pool["executor"]
-    return list(executor.map(fn, range(n)))
+_map = _chunks_mod.run
 
 
 def _plan(anchor, config, T, B, dtype, train):

@@ -29,12 +29,11 @@ addressing state of every head ``O(B·H·N)`` and the controller's activations
 ``O(B·(Z + 6C))``.
 """
 
-import concurrent.futures
-import os
 import threading
 
 import numpy as np
 
+from . import _chunks as _chunks_mod
 from ._backend import get_num_threads
 from ._kernels.ntm_step import DOUBLE_BUFFERS, NTMSequence, buffer_shapes
 from .compiled._common import threads
@@ -52,8 +51,6 @@ CACHE_MAX_BYTES = 256 * 2**20
 """Sequences whose buffers take more than this many bytes are not kept between calls."""
 
 _cache = threading.local()
-_pool = {"pid": None, "size": 0, "executor": None}
-_pool_lock = threading.Lock()
 
 
 def _softmax(x):
@@ -69,25 +66,10 @@ def _softmax_backward(s, ds):
 
 def _chunks(B):
     """``[(b0, b1), ...]``: the batch cut into balanced chunks (a function of ``B`` only)."""
-    n = min(-(-B // CHUNK_ROWS), MAX_CHUNKS)
-    edges = [B * i // n for i in range(n + 1)]
-    return [(edges[i], edges[i + 1]) for i in range(n)]
+    return _chunks_mod.balanced(B, CHUNK_ROWS, MAX_CHUNKS)
 
 
-def _map(fn, n, nthreads):
-    """``[fn(0), ..., fn(n-1)]``, on up to ``nthreads`` threads (a pool kept between calls)."""
-    if nthreads <= 1 or n <= 1:
-        return [fn(c) for c in range(n)]
-    with _pool_lock:
-        # A pool made before a fork has no threads in the child: make another.
-        if _pool["pid"] != os.getpid() or _pool["size"] != nthreads:
-            if _pool["executor"] is not None and _pool["pid"] == os.getpid():
-                _pool["executor"].shutdown(wait=False)
-            _pool.update(pid=os.getpid(), size=nthreads,
-                         executor=concurrent.futures.ThreadPoolExecutor(
-                             nthreads, thread_name_prefix="dmem-ntm"))
-        executor = _pool["executor"]
-    return list(executor.map(fn, range(n)))
+_map = _chunks_mod.run
 
 
 def _sizes(config, T, B):

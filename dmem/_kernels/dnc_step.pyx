@@ -30,26 +30,9 @@ matrix in increasing order: results do not depend on the thread count.
 
 from cython cimport floating
 from cython.parallel cimport prange
-
-
-cdef extern from "linkage_simd.h" nogil:
-    int dmem_link_forward_d(const double* lp, const double* pp, const double* w,
-                            const double* wr, double* L, double* f, double* bw,
-                            Py_ssize_t n, Py_ssize_t nr, int nt)
-    int dmem_link_forward_f(const float* lp, const float* pp, const float* w,
-                            const float* wr, float* L, float* f, float* bw,
-                            Py_ssize_t n, Py_ssize_t nr, int nt)
-    int dmem_link_backward_d(const double* lp, const double* pp, const double* w,
-                             const double* wr, const double* dL, const double* df,
-                             const double* db, double* dlp, double* dw, double* dpp,
-                             double* dwr, Py_ssize_t n, Py_ssize_t nr, int nt)
-    int dmem_link_backward_f(const float* lp, const float* pp, const float* w,
-                             const float* wr, const float* dL, const float* df,
-                             const float* db, float* dlp, float* dw, float* dpp,
-                             float* dwr, Py_ssize_t n, Py_ssize_t nr, int nt)
-    int dmem_linkage_simd_supported()
-    int dmem_linkage_set_simd(int level)
-    int dmem_linkage_get_simd()
+from dmem._kernels.linkage_simd cimport (
+    dmem_link_forward_d, dmem_link_forward_f, dmem_link_backward_d, dmem_link_backward_f,
+    dmem_linkage_simd_supported, dmem_linkage_set_simd, dmem_linkage_get_simd)
 
 
 dmem_linkage_set_simd(1)
