@@ -36,3 +36,14 @@ def run(fn, n, nthreads):
                              nthreads, thread_name_prefix="dmem-bptt"))
         executor = _pool["executor"]
     return list(executor.map(fn, range(n)))
+
+
+def sum_losses_and_grads(parts):
+    """``(loss, grads)`` summed over the chunks' ``[(loss, grads), ...]`` in order
+    (into the first chunk's arrays)."""
+    loss, grads = parts[0]
+    for part_loss, part_grads in parts[1:]:
+        loss += part_loss
+        for k in grads:
+            grads[k] += part_grads[k]
+    return loss, grads

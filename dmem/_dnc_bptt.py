@@ -784,11 +784,6 @@ def loss_and_grad(params, buffers, config, x, target, mask):
         dlogits = m * (sig - tg) / (LN2 * B)
         return loss, seq.backward(dlogits)
 
-    parts = _map(run, len(chunks), pool_threads)
-    loss, grads = parts[0]
-    for part_loss, part_grads in parts[1:]:
-        loss += part_loss
-        for k in grads:
-            grads[k] += part_grads[k]
+    loss, grads = _chunks_mod.sum_losses_and_grads(_map(run, len(chunks), pool_threads))
     _keep(anchor, config, seqs)
     return loss, grads

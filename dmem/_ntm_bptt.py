@@ -244,10 +244,5 @@ def loss_and_grad(params, buffers, config, x, target, mask):
         return _loss_and_grad_chunk(params, config, _rows(x, b0, b1, B), _rows(target, b0, b1, B),
                                     _rows(mask, b0, b1, B), B, seq, buf, initial)
 
-    parts = _map(run, len(chunks), pool_threads)
-    loss, grads = parts[0]
-    for part_loss, part_grads in parts[1:]:
-        loss += part_loss
-        for k in grads:
-            grads[k] += part_grads[k]
+    loss, grads = _chunks_mod.sum_losses_and_grads(_map(run, len(chunks), pool_threads))
     return loss, {k: grads[k] for k in params}
