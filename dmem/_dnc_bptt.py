@@ -39,8 +39,9 @@ Memory (``T·B·N²`` link values dominate; the ratio to them is what counts):
 * each link matrix is stored once: ``L_t`` is the saved ``L_prev`` of step
   ``t+1``; the link steps run in :class:`dmem._kernels.dnc_step.LinkSequence`,
   which holds these arrays (checked once) and writes the stored matrices with
-  non-temporal stores when they are too many to stay in cache.  ``L_0 = 0`` and ``L_1 = 0`` (exactly: ``L_1,ij = (1 − w_i − w_j)·0
-  + w_i·p_0,j`` with ``p_0 = 0``) are not stored (the link kernels take None
+  non-temporal stores when they are too many to stay in cache.  ``L_0 = 0``
+  and ``L_1 = 0`` (exactly: ``L_1,ij = (1 − w_i − w_j)·0 + w_i·p_0,j`` with
+  ``p_0 = 0``) are not stored (the link kernels take None
   for a zero matrix), and the last step's output ``L_T``, which nothing reads,
   goes to the buffer that then carries the link cotangent backwards, updated
   in place step after step: ``T − 1`` link-sized arrays in all;
@@ -687,7 +688,6 @@ MAX_CHUNKS = 8
 CHUNK_MIN_WORK = 1 << 18
 """The batch is cut into chunks only when a chunk's link update (``N²·(1 + R)``
 per row) takes at least this many inner steps; below, one chunk."""
-
 
 
 def _chunks(config, B):

@@ -45,7 +45,8 @@ def test_compiled_namespace_matches_reference():
     for name, spec in OPS.items():
         # Positional parameters are the contract's inputs; keyword-only ones
         # (link_step_forward's out_link) are extras of the compiled wrapper.
-        params = [p.name for p in inspect.signature(getattr(compiled, name + "_forward")).parameters.values()
+        signature = inspect.signature(getattr(compiled, name + "_forward"))
+        params = [p.name for p in signature.parameters.values()
                   if p.kind is not inspect.Parameter.KEYWORD_ONLY]
         assert params == [n for n, _ in spec.inputs], name
 

@@ -62,7 +62,8 @@ def link_forward(link_prev, write_weights, precedence_prev, *, out_link=None):
     if out_link is None:
         link = empty(lp.shape, sizes["dtype"])
     else:
-        link = _out_array("link_forward", "out_link", out_link, lp.shape, sizes["dtype"], (lp, w, pp))
+        link = _out_array("link_forward", "out_link", out_link, lp.shape, sizes["dtype"],
+                          (lp, w, pp))
     _k.link_forward(lp, w, pp, link, num_threads=_threads(lp.shape[0], lp.size))
     return link, Saved("link", [lp, w, pp], [link], sizes)
 
@@ -114,7 +115,8 @@ def _out_array(op, name, out, shape, dtype, inputs):
     """``out`` if it can hold an output of ``shape`` and ``dtype`` (a writeable
     C-contiguous ndarray sharing no memory with ``inputs``), else a clear error."""
     if type(out) is not np.ndarray:
-        raise TypeError(f"{op}: {name} must be a numpy array of shape {tuple(shape)}, got {type(out).__name__}")
+        raise TypeError(f"{op}: {name} must be a numpy array of shape {tuple(shape)}, "
+                        f"got {type(out).__name__}")
     if out.dtype != dtype:
         raise TypeError(f"{op}: {name} must have dtype {dtype}, got {out.dtype}")
     if out.shape != tuple(shape):
@@ -127,7 +129,8 @@ def _out_array(op, name, out, shape, dtype, inputs):
     return out
 
 
-def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_prev, *, out_link=None):
+def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_prev, *,
+                      out_link=None):
     """One fused step of the temporal linkage: ``link``, ``precedence``, then
     ``temporal_weights`` of the new link matrix, in one pass over ``link_prev``.
 
@@ -148,7 +151,8 @@ def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_pr
     if out_link is None:
         link = empty(lp.shape, dtype)
     else:
-        link = _out_array("link_step_forward", "out_link", out_link, lp.shape, dtype, (lp, pp, w, wr))
+        link = _out_array("link_step_forward", "out_link", out_link, lp.shape, dtype,
+                          (lp, pp, w, wr))
     p = empty(pp.shape, dtype)
     f = empty(wr.shape, dtype)
     bw = empty(wr.shape, dtype)
