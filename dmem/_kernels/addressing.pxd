@@ -3,7 +3,8 @@
 # on them (defined here, inline), and the per-head shift and sharpening helpers
 # (defined and documented in addressing.pyx).  Each works on one head of one
 # batch row, keeps its intermediates in double, and is called from nogil code
-# on arrays already validated by the caller.
+# on arrays already validated by the caller.  The per-row content weighting and
+# its backward are also declared here, for the fused DNC step (dnc_step.pyx).
 
 from cython cimport floating
 from libc.stdint cimport uint64_t
@@ -138,3 +139,18 @@ cdef double _sharpen_backward(const double* weights, const floating* out,
                               const double* log_weights, double gamma,
                               const double* grad_out, double* grad_weights,
                               Py_ssize_t N) noexcept nogil
+
+cdef void _content_weights_row(const floating* memory, const floating* keys,
+                               const floating* strengths, floating* weights,
+                               floating* cosines, floating* memory_norms, floating* key_norms,
+                               double* work, Py_ssize_t H, Py_ssize_t N,
+                               Py_ssize_t W) noexcept nogil
+
+cdef void _content_weights_backward_row(const floating* memory, const floating* keys,
+                                        const floating* strengths, const floating* weights,
+                                        const floating* cosines, const floating* memory_norms,
+                                        const floating* key_norms, const floating* grad,
+                                        floating* grad_memory, floating* grad_keys,
+                                        floating* grad_strengths, double* work,
+                                        Py_ssize_t H, Py_ssize_t N,
+                                        Py_ssize_t W) noexcept nogil

@@ -278,13 +278,13 @@ def allocation_backward(const floating[:, ::1] usage, const int64_t[:, ::1] orde
 
 # ---------------------------------------------------------------- write weighting (fused)
 
-cdef inline void _write_weights_row(const floating* usage_prev, const floating* write_prev,
-                                    const floating* read_prev, const floating* free_gates,
-                                    floating allocation_gate, floating write_gate,
-                                    const floating* content, floating* usage,
-                                    floating* allocation, int64_t* order, floating* prefix,
-                                    int64_t* tmp, floating* write_weights, Py_ssize_t N,
-                                    Py_ssize_t R) noexcept nogil:
+cdef void _write_weights_row(const floating* usage_prev, const floating* write_prev,
+                             const floating* read_prev, const floating* free_gates,
+                             floating allocation_gate, floating write_gate,
+                             const floating* content, floating* usage,
+                             floating* allocation, int64_t* order, floating* prefix,
+                             int64_t* tmp, floating* write_weights, Py_ssize_t N,
+                             Py_ssize_t R) noexcept nogil:
     """usage, allocation and w = g_w (g_a a + (1 − g_a) c) for one batch row."""
     cdef Py_ssize_t n
     cdef floating keep = 1 - allocation_gate
@@ -337,7 +337,7 @@ cdef _contiguous_gates(const floating[:, :] gates):
     return out
 
 
-cdef inline void _write_weights_backward_row(
+cdef void _write_weights_backward_row(
         const floating* usage_prev, const floating* write_prev, const floating* read_prev,
         const floating* free_gates, floating allocation_gate, floating write_gate,
         const floating* content, const floating* usage, const floating* allocation,

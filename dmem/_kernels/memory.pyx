@@ -30,9 +30,9 @@ cdef inline floating _dot(const floating* x, const floating* y, Py_ssize_t n) no
 
 # ---------------------------------------------------------------- read
 
-cdef inline void _read_row(const floating* memory, const floating* weights,
-                           floating* reads, Py_ssize_t N, Py_ssize_t H,
-                           Py_ssize_t W) noexcept nogil:
+cdef void _read_row(const floating* memory, const floating* weights,
+                    floating* reads, Py_ssize_t N, Py_ssize_t H,
+                    Py_ssize_t W) noexcept nogil:
     """reads[h, :] = Σ_n weights[h, n] memory[n, :] for one batch row."""
     cdef Py_ssize_t h, n, k
     cdef floating wn
@@ -59,10 +59,10 @@ def read_forward(const floating[:, :, ::1] memory, const floating[:, :, ::1] wei
         _read_row(&memory[b, 0, 0], &weights[b, 0, 0], &reads[b, 0, 0], N, H, W)
 
 
-cdef inline void _read_backward_row(const floating* memory, const floating* weights,
-                                    const floating* grad_reads, floating* grad_memory,
-                                    floating* grad_weights, Py_ssize_t N, Py_ssize_t H,
-                                    Py_ssize_t W) noexcept nogil:
+cdef void _read_backward_row(const floating* memory, const floating* weights,
+                             const floating* grad_reads, floating* grad_memory,
+                             floating* grad_weights, Py_ssize_t N, Py_ssize_t H,
+                             Py_ssize_t W) noexcept nogil:
     """dM[n, :] = Σ_h w[h, n] g[h, :];  dw[h, n] = g[h, :] · M[n, :]."""
     cdef Py_ssize_t h, n, k
     cdef floating wn
@@ -98,9 +98,9 @@ def read_backward(const floating[:, :, ::1] memory, const floating[:, :, ::1] we
 
 # ---------------------------------------------------------------- write
 
-cdef inline void _write_row(const floating* memory, const floating* weights,
-                            const floating* erase, const floating* add, floating* out,
-                            Py_ssize_t N, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
+cdef void _write_row(const floating* memory, const floating* weights,
+                     const floating* erase, const floating* add, floating* out,
+                     Py_ssize_t N, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
     """out = M ∘ Π_h (1 − w_h e_hᵀ) + Σ_h w_h a_hᵀ for one batch row."""
     cdef Py_ssize_t h, n, k
     cdef floating wn
@@ -138,12 +138,12 @@ def write_forward(const floating[:, :, ::1] memory, const floating[:, :, ::1] we
                    &out[b, 0, 0], N, H, W)
 
 
-cdef inline void _write_backward_row(const floating* memory, const floating* weights,
-                                     const floating* erase, const floating* add,
-                                     const floating* grad_out, floating* grad_memory,
-                                     floating* grad_weights, floating* grad_erase,
-                                     floating* grad_add, floating* scratch,
-                                     Py_ssize_t N, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
+cdef void _write_backward_row(const floating* memory, const floating* weights,
+                              const floating* erase, const floating* add,
+                              const floating* grad_out, floating* grad_memory,
+                              floating* grad_weights, floating* grad_erase,
+                              floating* grad_add, floating* scratch,
+                              Py_ssize_t N, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
     """Backward of one batch row of the write.
 
     With q_h = 1 − w_h e_hᵀ (per entry) and g the output gradient:
