@@ -2,56 +2,51 @@
 
 No autograd: the step of ``docs/models.md`` (controller → interface → usage,
 allocation and write weighting → write → link_step → read weighting → read)
-runs on the raw Cython kernels, and the backward pass walks the steps in
-reverse with the matching backward kernels.  It computes exactly the function
-of :mod:`dmem.reference.dnc`, which the tests check.
+runs on compiled kernels, and the backward pass walks the steps in reverse
+with the matching backward kernels.  It computes exactly the function of
+:mod:`dmem.reference.dnc`, which the tests check.
 
 How it stays fast:
 
-* every array of the sequence is allocated once, time-major, and the kernels
-  write into it directly: no per-step validation, allocation or ``Saved``
-  object (the shapes are fixed by the configuration, the parameters and ``x``
-  are checked once per call).  The arrays are kept for the next call with the
-  same model and sizes (see :data:`REUSE_WORKSPACE`): fresh memory costs page
-  faults, a quarter of a large DNC's step;
+* a time step is four calls: numpy's matrix product for the controller,
+  :meth:`DNCSequence.cell_forward` (its activations), the product for the
+  interface, and :meth:`DNCSequence.memory_forward`, one fused kernel for
+  everything from the interface's activations to the read vectors (the row
+  kernels of the ops: content weighting, write weighting, write, link step,
+  read weighting, read; :mod:`dmem._kernels.dnc_step`).  The backward step is
+  the same four calls in reverse;
+* every array of the sequence is allocated once, time-major, checked once by
+  :class:`DNCSequence`, and the kernels write into it directly.  The arrays
+  are kept for the next call with the same model and sizes (see
+  :data:`REUSE_WORKSPACE`): fresh memory costs page faults, a quarter of a
+  large DNC's step;
 * the products that do not feed the recurrence are batched over time: the
   logits are one matrix product after the forward loop, and the gradients of
   ``controller_W``, ``interface_W`` and ``output_W`` one product each over all
-  ``T·B`` rows after the backward loop;
-* usage, allocation and the write weighting are one kernel call per step
-  (``dmem._kernels.allocation.write_weights_*``), and so is the read weighting
-  (``dmem._kernels.linkage.read_weights_*``); the interface columns are
-  regrouped by activation (linear, oneplus, σ, softmax) so that each
-  activation is one numpy call per step; the derivatives of the activations
-  are formed for all steps at once after the forward loop.
+  ``T·B`` rows after the backward loop.
 
-Threads.  When a memory is large (a chunk's link update of at least
-:data:`CHUNK_MIN_WORK` inner steps), the batch is cut into chunks of at most
-:data:`CHUNK_ROWS` rows, the cut depending on the configuration and ``B``
-alone; each chunk runs the whole time loop on its rows in a pool of
-``dmem.get_num_threads()`` threads (the kernels and numpy's products release
-the GIL), and the loss and gradients are summed over the chunks in a fixed
-order: results do not depend on the number of threads.  A small memory stays
-one chunk: its step is mostly Python calls, which threads would take turns at.
+Threads.  The batch is cut into chunks of at most :data:`CHUNK_ROWS` rows, the
+cut depending on ``B`` alone; each chunk runs the whole time loop on its rows
+in a pool of ``dmem.get_num_threads()`` threads (the kernels and numpy's
+products release the GIL), and the loss and gradients are summed over the
+chunks in a fixed order: results do not depend on the number of threads.
 
 Memory (``T·B·N²`` link values dominate; the ratio to them is what counts):
 
 * each link matrix is stored once: ``L_t`` is the saved ``L_prev`` of step
-  ``t+1``; the link steps run in :class:`dmem._kernels.dnc_step.LinkSequence`,
-  which holds these arrays (checked once) and writes the stored matrices with
-  non-temporal stores when they are too many to stay in cache.  ``L_0 = 0``
-  and ``L_1 = 0`` (exactly: ``L_1,ij = (1 − w_i − w_j)·0 + w_i·p_0,j`` with
-  ``p_0 = 0``) are not stored (the link kernels take None
-  for a zero matrix), and the last step's output ``L_T``, which nothing reads,
-  goes to the buffer that then carries the link cotangent backwards, updated
-  in place step after step: ``T − 1`` link-sized arrays in all;
+  ``t+1``.  ``L_0 = 0`` and ``L_1 = 0`` (exactly: ``L_1,ij = (1 − w_i − w_j)·0
+  + w_i·p_0,j`` with ``p_0 = 0``) are not stored, and the last step's output
+  ``L_T``, which nothing reads, goes to the buffer that then carries the link
+  cotangent backwards, updated in place step after step: ``T − 1``
+  link-sized arrays in all, written with non-temporal stores when they are
+  too many to stay in cache;
 * when the memories ``M_t`` of all steps would take more than
   :data:`STORE_ALL_MEMORY_BYTES` and a twentieth of the link matrices, only
   every ``k``-th (``k ≈ √T``) is kept, and the backward recomputes the others
   segment by segment with the write kernel (deterministic: the same values,
   bit for bit);
-* the read weightings are recomputed by the read-weighting kernel from the
-  stored temporal and content weightings instead of being stored.
+* the read weightings are recomputed in the backward from the stored
+  temporal and content weightings instead of being stored.
 """
 
 import math
@@ -65,13 +60,10 @@ from ._backend import get_num_threads
 from .compiled._common import threads
 
 try:
-    from ._kernels import addressing as _addressing
-    from ._kernels import allocation as _allocation
     from ._kernels import linkage as _linkage
-    from ._kernels import memory as _memory
-    from ._kernels.dnc_step import LinkSequence
+    from ._kernels.dnc_step import DNCSequence, sequence_shapes
 except ImportError:  # the extension is not built: only the reference backend runs
-    _addressing = _allocation = _linkage = _memory = LinkSequence = None
+    _linkage = DNCSequence = sequence_shapes = None
 
 LN2 = math.log(2.0)
 
@@ -83,7 +75,7 @@ and recompute the others in the backward pass."""
 
 PARALLEL_MIN_WORK = 1 << 18
 """Below this many inner-loop steps a kernel call of the BPTT runs on one thread.
-A DNC step makes about fifteen kernel calls; waking sleeping OpenMP threads
+A DNC step makes four kernel calls; waking sleeping OpenMP threads
 (``OMP_WAIT_POLICY=passive``, see :mod:`dmem._backend`) costs some 10 µs per
 call, more than a small kernel saves on a second thread."""
 
@@ -107,9 +99,9 @@ class _Layout:
     """Columns of the interface vector regrouped by activation.
 
     ``perm`` maps a grouped column to its column in ``interface_W`` (the
-    layout of ``docs/models.md``); ``pos[name]`` is a field's slice in the
-    grouped vector; ``linear``, ``oneplus``, ``sigmoid`` and ``modes`` are the
-    slices of the four groups.
+    layout of ``docs/models.md``); ``size`` is the interface's width.  The
+    grouped order is the one the fused kernels read
+    (:mod:`dmem._kernels.dnc_step`).
     """
 
     def __init__(self, R, W):
@@ -120,18 +112,6 @@ class _Layout:
             start += size[dims]
         self.size = start
         self.perm = np.concatenate([columns[name] for name in _GROUPED])
-        self.pos, start = {}, 0
-        for name in _GROUPED:
-            n = len(columns[name])
-            self.pos[name] = slice(start, start + n)
-            start += n
-        p = self.pos
-        self.linear = slice(0, p["write_vector"].stop)
-        self.oneplus = slice(p["read_strengths"].start, p["write_strength"].stop)
-        self.sigmoid = slice(p["erase"].start, p["write_gate"].stop)
-        self.modes = p["read_modes"]
-        # the activated part (oneplus, sigmoid, modes) starts here
-        self.active = p["read_strengths"].start
 
 
 def _sigmoid(x, out):
@@ -152,7 +132,10 @@ class _Sequence:
 
     Made for one configuration, ``T``, ``B``, dtype and mode (``train``: keep
     what the backward needs); :meth:`load` sets the parameters and the input,
-    so that the arrays can serve the next call with the same sizes.
+    so that the arrays can serve the next call with the same sizes.  The
+    arrays are those of :func:`dmem._kernels.dnc_step.sequence_shapes`, in
+    ``self.buf``; the fused step kernels (:class:`DNCSequence`, ``self.steps``)
+    run on them between numpy's matrix products.
     """
 
     def __init__(self, config, T, B, dtype, train, omp_threads=None):
@@ -169,73 +152,8 @@ class _Sequence:
         self.dtype = dtype
         self.lay = lay = _Layout(R, W)
         K = lay.size
-        RW = R * W
-        self.RW = RW
-        self.Z = I + RW
-        self.scratch = {}
-        empty = lambda *shape: np.empty(shape, dtype=dtype)  # noqa: E731
-
-        # parameters, in the order the loops want them (filled by load)
-        self.Wi = empty(C, K)
-        self.bi = empty(K)
-        self.Wo = empty(C + RW, config.output_size)
-
-        # controller: zh[t] = [x_t, reads_{t-1}, h_{t-1}]; zh[t+1, :, I:] = [reads_t, h_t]
-        self.zh = empty(T + 1, B, self.Z + C)
-        if self.lstm:
-            self.gates = empty(T, B, 4 * C)        # i, f, o (σ) and g (tanh)
-            self.cell = empty(T + 1, B, C)
-            self.tanh_cell = empty(T, B, C)
-            self.tmp_c = empty(B, C)
-        # interface (grouped columns): raw and activated
-        self.xi = empty(T, B, K)
-        self.act = empty(T, B, K - lay.active)
-        self.read_keys = empty(T, B, R, W)
-        self.read_strengths = empty(T, B, R)
-        self.write_key = empty(T, B, 1, W)
-        self.write_strength = empty(T, B, 1)
-        self.erase = empty(T, B, 1, W)
-        self.write_vector = empty(T, B, 1, W)
-        # dynamic allocation and write weighting; usage[t], write_weights[t] are u_t, ww_t
-        self.usage = empty(T + 1, B, N)
-        self.write_weights = empty(T + 1, B, N)
-        self.allocation = empty(T, B, N)
-        self.order = np.empty((T, B, N), dtype=np.int64)
-        self.prefix = empty(T, B, N)
-        self.sort_work = np.empty((B, N), dtype=np.int64)
-        # content weightings (write head on M_{t-1}, read heads on M_t) and what
-        # their backward reads
-        self.cw = empty(T, B, 1, N)
-        self.cw_cos = empty(T, B, 1, N)
-        self.cw_mnorm = empty(T, B, N)
-        self.cw_knorm = empty(T, B, 1)
-        self.cr = empty(T, B, R, N)
-        self.cr_cos = empty(T, B, R, N)
-        self.cr_mnorm = empty(T, B, N)
-        self.cr_knorm = empty(T, B, R)
-        self.cw_work = np.empty((B, 2 * N), dtype=np.float64)
-        # temporal linkage: precedence[t] = p_t; forward/backward weightings of step t
-        self.precedence = empty(T + 1, B, N)
-        self.fwd = empty(T, B, R, N)
-        self.bwd = empty(T, B, R, N)
-        # read weightings: two rolling buffers (recomputed in the backward)
-        self.wr = [empty(B, R, N), empty(B, R, N)]
-        self.reads = empty(B, R, W)
-        self.logits = empty(T, B, config.output_size)
-
-        # link matrices: L_t for 2 <= t <= T-1 in link[t-2]; L_0 = L_1 = 0 are None;
-        # the outputs L_1 and L_T, which nothing reads, go to link_grad (the
-        # buffer of the link cotangent in the backward)
-        if train:
-            self.link = empty(max(T - 2, 0), B, N, N)
-            self.link_grad = empty(B, N, N)
-        else:
-            self.link = None
-            self.link_grad = empty(B, N, N)   # one matrix, updated in place
-
-        # the link steps over these arrays, checked once
-        self.links = LinkSequence(self.link, self.link_grad, self.precedence,
-                                  self.write_weights, self.fwd, self.bwd)
+        self.RW = R * W
+        self.Z = I + self.RW
 
         # memories: checkpoints M_{jk} (and M_T) plus the k - 1 memories of one segment
         m_bytes = B * N * W * dtype.itemsize
@@ -248,19 +166,23 @@ class _Sequence:
             k = max(1, math.isqrt(T))
         self.k = k
         self.segments = -(-T // k)
-        if train:
-            self.mem_ck = empty(self.segments + 1, B, N, W)
-            self.mem_seg = empty(max(k - 1, 0), B, N, W)
-        else:
-            self.mem_ck = empty(2, B, N, W)
-            self.mem_seg = None
+
+        shapes = sequence_shapes(T, B, I, N, W, R, C, self.lstm, train, k)
+        if shapes["xi"][2] != K:
+            raise AssertionError("interface layouts of dnc_step and _dnc_bptt differ")
+        self.buf = {name: np.empty(shape, dtype=np.int64 if name == "order" else dtype)
+                    for name, shape in shapes.items()}
+        self.steps = DNCSequence(T, B, I, N, W, R, C, self.lstm, train, k, self.buf)
+        # parameters, in the order the loops want them (filled by load)
+        self.Wi = np.empty((C, K), dtype=dtype)
+        self.Wo = np.empty((C + self.RW, config.output_size), dtype=dtype)
+        self.logits = np.empty((T, B, config.output_size), dtype=dtype)
 
     def _set_threads(self):
         """Thread counts for this call: ``dmem.get_num_threads()`` (at most one per
-        batch row) for kernels of at least :data:`PARALLEL_MIN_WORK` inner steps,
+        batch row) for steps of at least :data:`PARALLEL_MIN_WORK` inner steps,
         else one.  Results do not depend on it."""
-        B, N, W, R = self.B, self.N, self.W, self.R
-
+        B, N, W, R, C = self.B, self.N, self.W, self.R, self.C
         most = threads(B)
         if self.omp_threads is not None:
             most = max(1, min(most, self.omp_threads))
@@ -268,355 +190,86 @@ class _Sequence:
         def n(work):
             return most if work >= PARALLEL_MIN_WORK else 1
 
-        self.th_link = n(B * N * N * (1 + R))
-        self.th_cw = n(B * N * W)
-        self.th_cr = n(B * R * N * W)
-        self.th_read = n(B * R * N * W)
-        self.th_read_b = n(2 * B * R * N * W)
-        self.th_write = n(2 * B * N * W)
-        self.th_write_b = n(6 * B * N * W)
-        self.th_ww = n(2 * B * R * N + 8 * B * N)
-        self.th_ww_b = n(4 * B * R * N + 4 * B * N)
-        self.th_mix = n(3 * B * R * N)
+        self.th_cell = n(B * 4 * C * 8)
+        self.th_memory = n(B * (N * N * (1 + R) + 4 * (R + 1) * N * W))
+        self.th_memory_b = n(B * (2 * N * N * (1 + R) + 8 * (R + 1) * N * W))
 
     def load(self, params, x):
         """Take the parameters (already checked) and ``x``; zero the initial state."""
-        lay, C, I, T = self.lay, self.C, self.I, self.T
+        lay, C, I, T, buf = self.lay, self.C, self.I, self.T, self.buf
         self.Wc = params["controller_W"]
-        self.bc = params["controller_b"]
+        buf["controller_b"][...] = params["controller_b"]
         np.take(params["interface_W"], lay.perm, axis=1, out=self.Wi)
-        np.take(params["interface_b"], lay.perm, out=self.bi)
+        np.take(params["interface_b"], lay.perm, out=buf["interface_b"])
         # [h, reads] · output_W = [reads, h] · output_W with its row blocks swapped
         Wo = params["output_W"]
         self.Wo[:self.RW] = Wo[C:]
         self.Wo[self.RW:] = Wo[:C]
         self.bo = params["output_b"]
-        zh = self.zh
+        zh = buf["zh"]
         zh[:T, :, :I] = x
         zh[T, :, :I] = 0
         zh[0, :, I:] = 0
-        if self.lstm:
-            self.cell[0] = 0
-        self.usage[0] = 0
-        self.write_weights[0] = 0
-        self.precedence[0] = 0
-        self.mem_ck[0] = 0
-        self.links.use_simd(_linkage.simd_level() != "baseline")
+        for name in ("cell", "usage", "write_weights", "precedence", "memory"):
+            buf[name][0] = 0
+        self.steps.use_simd(_linkage.simd_level() != "baseline")
         self._set_threads()
-
-    def buffer(self, name, shape, dtype=None, zero=False):
-        """A work array of the backward, allocated at the first call (zeroed if asked)."""
-        a = self.scratch.get(name)
-        if a is None:
-            a = self.scratch[name] = np.empty(shape, dtype=dtype or self.dtype)
-        if zero:
-            a.fill(0)
-        return a
-
-    # -- where things are ------------------------------------------------------------
-
-    def memory(self, j):
-        """The array holding ``M_j`` (0 <= j <= T) in the current segment."""
-        if not self.train:
-            return self.mem_ck[j % 2]
-        k = self.k
-        if j == self.T:
-            return self.mem_ck[self.segments]
-        if j % k == 0:
-            return self.mem_ck[j // k]
-        return self.mem_seg[j % k - 1]
 
     # -- forward ---------------------------------------------------------------------
 
     def forward(self):
-        with np.errstate(over="ignore"):
-            for t in range(self.T):
-                self._controller(t)
-                self._interface(t)
-                self._memory_step(t)
-        T, B = self.T, self.B
-        hr = self.zh[1:, :, self.I:].reshape(T * B, -1)
+        T, B, Z = self.T, self.B, self.Z
+        zh, gates, xi = self.buf["zh"], self.buf["gates"], self.buf["xi"]
+        steps = self.steps
+        zin = zh if self.lstm else zh[:, :, :Z]
+        for t in range(T):
+            np.matmul(zin[t], self.Wc, out=gates[t])
+            steps.cell_forward(t, self.th_cell)
+            np.matmul(zh[t + 1, :, Z:], self.Wi, out=xi[t])
+            steps.memory_forward(t, self.th_memory)
+        hr = zh[1:, :, self.I:].reshape(T * B, -1)
         np.matmul(hr, self.Wo, out=self.logits.reshape(T * B, -1))
         self.logits += self.bo
         return self.logits
-
-    def _controller(self, t):
-        Z, C = self.Z, self.C
-        zh = self.zh[t]
-        h = self.zh[t + 1, :, Z:]
-        if not self.lstm:
-            np.matmul(zh[:, :Z], self.Wc, out=h)
-            h += self.bc
-            np.tanh(h, out=h)
-            return
-        a = self.gates[t]
-        np.matmul(zh, self.Wc, out=a)
-        a += self.bc
-        ifo = a[:, :3 * C]
-        _sigmoid(ifo, ifo)
-        g = a[:, 3 * C:]
-        np.tanh(g, out=g)
-        c = self.cell[t + 1]
-        np.multiply(a[:, C:2 * C], self.cell[t], out=c)
-        np.multiply(a[:, :C], g, out=self.tmp_c)
-        c += self.tmp_c
-        tc = self.tanh_cell[t]
-        np.tanh(c, out=tc)
-        np.multiply(a[:, 2 * C:3 * C], tc, out=h)
-
-    def _interface(self, t):
-        lay, B, R = self.lay, self.B, self.R
-        p = lay.pos
-        h = self.zh[t + 1, :, self.Z:]
-        xi = self.xi[t]
-        np.matmul(h, self.Wi, out=xi)
-        xi += self.bi
-        act = self.act[t]
-        a0 = lay.active
-        op = act[:, lay.oneplus.start - a0:lay.oneplus.stop - a0]
-        np.logaddexp(0.0, xi[:, lay.oneplus], out=op)
-        op += 1.0
-        sg = act[:, lay.sigmoid.start - a0:lay.sigmoid.stop - a0]
-        _sigmoid(xi[:, lay.sigmoid], sg)
-        xm = xi[:, lay.modes].reshape(B, R, 3)
-        modes = act[:, lay.modes.start - a0:].reshape(B, R, 3)
-        np.subtract(xm, xm.max(axis=-1, keepdims=True), out=modes)
-        np.exp(modes, out=modes)
-        modes /= modes.sum(axis=-1, keepdims=True)
-        # the fields the memory kernels take as C-contiguous arrays
-        self.read_keys[t] = xi[:, p["read_keys"]].reshape(B, R, self.W)
-        self.write_key[t, :, 0] = xi[:, p["write_key"]]
-        self.write_vector[t, :, 0] = xi[:, p["write_vector"]]
-        self.read_strengths[t] = act[:, p["read_strengths"].start - a0:p["read_strengths"].stop - a0]
-        self.write_strength[t] = act[:, p["write_strength"].start - a0:p["write_strength"].stop - a0]
-        self.erase[t, :, 0] = sg[:, :self.W]
-
-    def _gate_views(self, t):
-        """free gates `(B, R)`, allocation and write gates `(B,)`: views of the activations."""
-        lay, a0 = self.lay, self.lay.active
-        act = self.act[t]
-        p = lay.pos
-        return (act[:, p["free_gates"].start - a0:p["free_gates"].stop - a0],
-                act[:, p["allocation_gate"].start - a0],
-                act[:, p["write_gate"].start - a0])
-
-    def _modes(self, t):
-        a0 = self.lay.active
-        return self.act[t][:, self.lay.modes.start - a0:].reshape(self.B, self.R, 3)
-
-    def _memory_step(self, t):
-        B, N = self.B, self.N
-        m_prev, m = self.memory(t), self.memory(t + 1)
-        wr_prev, wr = self.wr[t % 2], self.wr[(t + 1) % 2]
-        if t == 0:
-            wr_prev[...] = 0
-        _addressing.content_weights_forward(
-            m_prev, self.write_key[t], self.write_strength[t], self.cw[t], self.cw_cos[t],
-            self.cw_mnorm[t], self.cw_knorm[t], self.cw_work, self.th_cw)
-        free, ga, gw = self._gate_views(t)
-        ww = self.write_weights[t + 1]
-        _allocation.write_weights_forward(
-            self.usage[t], self.write_weights[t], wr_prev, free, ga, gw,
-            self.cw[t].reshape(B, N), self.usage[t + 1], self.allocation[t], self.order[t],
-            self.prefix[t], self.sort_work, ww, self.th_ww)
-        _memory.write_forward(m_prev, ww.reshape(B, 1, N), self.erase[t], self.write_vector[t], m,
-                              self.th_write)
-        self.links.forward(t, wr_prev, self.th_link)
-        _addressing.content_weights_forward(
-            m, self.read_keys[t], self.read_strengths[t], self.cr[t], self.cr_cos[t],
-            self.cr_mnorm[t], self.cr_knorm[t], self.cw_work, self.th_cr)
-        _linkage.read_weights_forward(self._modes(t), self.bwd[t], self.cr[t], self.fwd[t], wr,
-                                      self.th_mix)
-        _memory.read_forward(m, wr, self.reads, self.th_read)
-        self.zh[t + 1, :, self.I:self.Z] = self.reads.reshape(B, self.RW)
 
     # -- backward --------------------------------------------------------------------
 
     def backward(self, dlogits):
         """Gradients of every parameter from those of the logits `(T, B, O)`."""
-        T, B, N, W, R, C, I, Z = (self.T, self.B, self.N, self.W, self.R, self.C, self.I,
-                                  self.Z)
-        RW, lay = self.RW, self.lay
+        T, B, C, I, Z, RW = self.T, self.B, self.C, self.I, self.Z, self.RW
+        lay, buf, steps = self.lay, self.buf, self.steps
         K = lay.size
-        buf = self.buffer
+        TB = T * B
+        zh, da, dxi, dh, dzh = buf["zh"], buf["da"], buf["dxi"], buf["dh"], buf["dzh"]
 
         # outputs: one product over all steps
-        dl2 = dlogits.reshape(T * B, -1)
-        dhr = buf("dhr", (T, B, RW + C))                      # [reads_t, h_t]
-        np.matmul(dl2, self.Wo.T, out=dhr.reshape(T * B, RW + C))
-        grad_wo = self.zh[1:, :, I:].reshape(T * B, -1).T @ dl2
-        # derivatives of the interface activations and of the controller, all steps at once
-        a0 = lay.active
-        act_gate = self.act[:, :, :lay.sigmoid.stop - a0]
-        dact = buf("dact", act_gate.shape)
-        n_op = lay.oneplus.stop - lay.oneplus.start
-        _sigmoid(self.xi[:, :, lay.oneplus], dact[:, :, :n_op])     # oneplus' = σ
-        s = act_gate[:, :, n_op:]
-        np.subtract(1.0, s, out=dact[:, :, n_op:])
-        dact[:, :, n_op:] *= s                                        # σ' = σ(1 − σ)
-        if self.lstm:
-            gates4 = self.gates.reshape(T, B, 4, C)
-            i, f, o, g = gates4[:, :, 0], gates4[:, :, 1], gates4[:, :, 2], gates4[:, :, 3]
-            tc = self.tanh_cell
-            tmp = buf("tmp_tbc", (T, B, C))
-            k_out = buf("k_out", (T, B, C))                  # dc/dh through h = o tanh(c)
-            np.multiply(tc, tc, out=tmp)
-            np.subtract(1.0, tmp, out=tmp)
-            np.multiply(o, tmp, out=k_out)
-            dgate = buf("dgate", (T, B, 4, C))                # da = dc dgate (o: dh dgate)
-            for q, (x, y) in enumerate([(g, i), (self.cell[:T], f), (tc, o)]):
-                np.subtract(1.0, y, out=tmp)
-                tmp *= y
-                np.multiply(x, tmp, out=dgate[:, :, q])
-            np.multiply(g, g, out=tmp)
-            np.subtract(1.0, tmp, out=tmp)
-            np.multiply(i, tmp, out=dgate[:, :, 3])
-            da = buf("da", (T, B, 4 * C))
-            dc = buf("dc", (B, C))
-            dc_next = buf("dc_next", (B, C), zero=True)
-        else:
-            hs = self.zh[1:, :, Z:]
-            dgate = buf("dgate", (T, B, C))
-            np.multiply(hs, hs, out=dgate)
-            np.subtract(1.0, dgate, out=dgate)
-            da = buf("da", (T, B, C))
-        dxi = buf("dxi", (T, B, K))
+        dl2 = dlogits.reshape(TB, -1)
+        np.matmul(dl2, self.Wo.T, out=buf["dhr"].reshape(TB, RW + C))
+        grad_wo = zh[1:, :, I:].reshape(TB, -1).T @ dl2
 
-        # state cotangents (of the values after step t, flowing into step t)
-        d_mem = buf("d_mem", (B, N, W), zero=True)
-        d_mem_prev = buf("d_mem_prev", (B, N, W))
-        d_mem_r = buf("d_mem_r", (B, N, W))
-        d_mem_c = buf("d_mem_c", (B, N, W))
-        d_wr_next = buf("d_wr_next", (B, R, N), zero=True)
-        d_wr = buf("d_wr", (B, R, N))
-        d_wr_read = buf("d_wr_read", (B, R, N))
-        d_wr_link = buf("d_wr_link", (B, R, N))
-        d_wr_usage = buf("d_wr_usage", (B, R, N))
-        d_ww_next = buf("d_ww_next", (B, N), zero=True)
-        d_ww_prev = buf("d_ww_prev", (B, N))
-        d_ww_link = buf("d_ww_link", (B, N))
-        d_ww_write = buf("d_ww_write", (B, 1, N))
-        d_ww = buf("d_ww", (B, N))
-        d_u_next = buf("d_u_next", (B, N), zero=True)
-        d_u_prev = buf("d_u_prev", (B, N))
-        d_p = buf("d_p", (B, N), zero=True)
-        d_p_prev = buf("d_p_prev", (B, N))
-        d_reads = buf("d_reads", (B, R, W))
-        d_back = buf("d_back", (B, R, N))
-        d_content = buf("d_content", (B, R, N))
-        d_fwd = buf("d_fwd", (B, R, N))
-        d_cw = buf("d_cw", (B, 1, N))
-        d_rk = buf("d_rk", (B, R, W))
-        d_rs = buf("d_rs", (B, R))
-        d_wk = buf("d_wk", (B, 1, W))
-        d_ws = buf("d_ws", (B, 1))
-        d_erase = buf("d_erase", (B, 1, W))
-        d_wv = buf("d_wv", (B, 1, W))
-        d_h = buf("d_h", (B, C))
-        d_zh = buf("d_zh", (B, Z + C), zero=True)
-        tmp_modes = buf("tmp_modes", (B, R, 3))
-        cw_work = buf("cw_work", (B, 3 * N + W), np.float64)
-        write_work = buf("write_work", (B, 2, W))
-        ww_work = buf("ww_work", (B, 2 * N + R + 2))
-        wr_cur, wr_prev = buf("wr_cur", (B, R, N)), buf("wr_prev", (B, R, N))
-        p = lay.pos
-
-        with np.errstate(over="ignore"):
-            # wr_T, the read weighting of the last step
-            self._read_weights(T - 1, wr_cur)
-            for seg in range(self.segments - 1, -1, -1):
-                start, stop = seg * self.k, min((seg + 1) * self.k, T)
-                if seg < self.segments - 1:
-                    self._recompute_memory(start, stop)
-                for t in range(stop - 1, start - 1, -1):
-                    m_prev, m = self.memory(t), self.memory(t + 1)
-                    if t > 0:
-                        self._read_weights(t - 1, wr_prev)
-                    else:
-                        wr_prev[...] = 0
-                    # reads_t = read(M_{t+1}, wr_{t+1}); its cotangent from y_t and z_{t+1}
-                    np.add(dhr[t, :, :RW], d_zh[:, I:Z], out=d_reads.reshape(B, RW))
-                    _memory.read_backward(m, wr_cur, d_reads, d_mem_r, d_wr_read,
-                                          self.th_read_b)
-                    np.add(d_wr_read, d_wr_next, out=d_wr)
-                    dx = dxi[t]
-                    d_modes = dx[:, lay.modes].reshape(B, R, 3)
-                    _linkage.read_weights_backward(self._modes(t), self.bwd[t], self.cr[t],
-                                                   self.fwd[t], d_wr, d_modes, d_back,
-                                                   d_content, d_fwd, self.th_mix)
-                    _addressing.content_weights_backward(
-                        m, self.read_keys[t], self.read_strengths[t], self.cr[t], self.cr_cos[t],
-                        self.cr_mnorm[t], self.cr_knorm[t], d_content, d_mem_c, d_rk, d_rs,
-                        cw_work, self.th_cr)
-                    d_mem += d_mem_r
-                    d_mem += d_mem_c
-                    # the link cotangent (of L_{t+1}, zero at t = T-1) becomes that of
-                    # L_t in place in link_grad (dmem._kernels.dnc_step.LinkSequence)
-                    self.links.backward(t, wr_prev, d_p, d_fwd, d_back, d_p_prev, d_ww_link,
-                                        d_wr_link, self.th_link)
-                    d_p, d_p_prev = d_p_prev, d_p
-                    ww = self.write_weights[t + 1]
-                    _memory.write_backward(m_prev, ww.reshape(B, 1, N), self.erase[t],
-                                           self.write_vector[t], d_mem, d_mem_prev, d_ww_write,
-                                           d_erase, d_wv, write_work, self.th_write_b)
-                    np.add(d_ww_link, d_ww_write.reshape(B, N), out=d_ww)
-                    d_ww += d_ww_next
-                    free, ga, gw = self._gate_views(t)
-                    d_free, d_ga, d_gw = self._grad_gate_views(dx)
-                    _allocation.write_weights_backward(
-                        self.usage[t], self.write_weights[t], wr_prev, free, ga, gw,
-                        self.cw[t].reshape(B, N), self.usage[t + 1], self.allocation[t],
-                        self.order[t], self.prefix[t], d_ww, d_u_next, d_u_prev, d_ww_prev,
-                        d_wr_usage, d_free, d_ga, d_gw, d_cw.reshape(B, N), ww_work,
-                        self.th_ww_b)
-                    d_u_next, d_u_prev = d_u_prev, d_u_next
-                    d_ww_next, d_ww_prev = d_ww_prev, d_ww_next
-                    _addressing.content_weights_backward(
-                        m_prev, self.write_key[t], self.write_strength[t], self.cw[t],
-                        self.cw_cos[t], self.cw_mnorm[t], self.cw_knorm[t], d_cw, d_mem_c, d_wk,
-                        d_ws, cw_work, self.th_cw)
-                    np.add(d_mem_prev, d_mem_c, out=d_mem)
-                    np.add(d_wr_link, d_wr_usage, out=d_wr_next)
-                    wr_cur, wr_prev = wr_prev, wr_cur
-                    # interface: the linear fields, then oneplus and σ derivatives, then softmax
-                    dx[:, p["read_keys"]] = d_rk.reshape(B, RW)
-                    dx[:, p["write_key"]] = d_wk.reshape(B, W)
-                    dx[:, p["write_vector"]] = d_wv.reshape(B, W)
-                    dx[:, p["read_strengths"]] = d_rs
-                    dx[:, p["write_strength"]] = d_ws
-                    dx[:, p["erase"]] = d_erase.reshape(B, W)
-                    dx[:, lay.oneplus.start:lay.sigmoid.stop] *= dact[t]
-                    modes = self._modes(t)
-                    np.multiply(modes, d_modes, out=tmp_modes)
-                    d_modes -= tmp_modes.sum(axis=-1, keepdims=True)
-                    d_modes *= modes
-                    # controller
-                    np.matmul(dx, self.Wi.T, out=d_h)
-                    d_h += dhr[t, :, RW:]
-                    d_h += d_zh[:, Z:]
-                    if self.lstm:
-                        np.multiply(d_h, k_out[t], out=dc)
-                        dc += dc_next
-                        d4 = da[t].reshape(B, 4, C)
-                        np.multiply(dgate[t], dc[:, None, :], out=d4)
-                        np.multiply(d_h, dgate[t, :, 2], out=d4[:, 2])
-                        np.multiply(dc, f[t], out=dc_next)
-                        np.matmul(da[t], self.Wc.T, out=d_zh)
-                    else:
-                        np.multiply(d_h, dgate[t], out=da[t])
-                        np.matmul(da[t], self.Wc.T, out=d_zh[:, :Z])
+        steps.begin_backward()
+        WiT, WcT = self.Wi.T, self.Wc.T
+        dz = dzh if self.lstm else dzh[:, :Z]
+        for seg in range(self.segments - 1, -1, -1):
+            start, stop = seg * self.k, min((seg + 1) * self.k, T)
+            if seg < self.segments - 1:
+                steps.recompute_memory(start, stop, self.th_memory)
+            for t in range(stop - 1, start - 1, -1):
+                steps.memory_backward(t, self.th_memory_b)
+                np.matmul(dxi[t], WiT, out=dh)
+                steps.cell_backward(t, self.th_cell)
+                np.matmul(da[t], WcT, out=dz)
 
         # parameter gradients: one product over all T·B rows each
-        TB = T * B
         grads = {}
-        zh = self.zh[:T].reshape(TB, -1)
+        zh2 = zh[:T].reshape(TB, -1)
         if not self.lstm:
-            zh = zh[:, :Z]
+            zh2 = zh2[:, :Z]
         da2 = da.reshape(TB, -1)
-        grads["controller_W"] = zh.T @ da2
+        grads["controller_W"] = zh2.T @ da2
         grads["controller_b"] = da2.sum(axis=0)
         dxi2 = dxi.reshape(TB, K)
-        grad_wi = self.zh[1:, :, Z:].reshape(TB, C).T @ dxi2
+        grad_wi = zh[1:, :, Z:].reshape(TB, C).T @ dxi2
         grad_bi = dxi2.sum(axis=0)
         grads["interface_W"] = np.empty_like(grad_wi)
         grads["interface_W"][:, lay.perm] = grad_wi
@@ -625,24 +278,6 @@ class _Sequence:
         grads["output_W"] = np.concatenate([grad_wo[RW:], grad_wo[:RW]])
         grads["output_b"] = dl2.sum(axis=0)
         return grads
-
-    def _grad_gate_views(self, dx):
-        p = self.lay.pos
-        return (dx[:, p["free_gates"]], dx[:, p["allocation_gate"].start],
-                dx[:, p["write_gate"].start])
-
-    def _read_weights(self, t, out):
-        """Recompute ``wr_{t+1}``, the read weighting of step ``t``, into ``out``."""
-        _linkage.read_weights_forward(self._modes(t), self.bwd[t], self.cr[t], self.fwd[t], out,
-                                      self.th_mix)
-
-    def _recompute_memory(self, start, stop):
-        """The memories ``M_{start+1} .. M_{stop-1}`` of a segment, from ``M_start``."""
-        B, N = self.B, self.N
-        for t in range(start, stop - 1):
-            _memory.write_forward(self.memory(t), self.write_weights[t + 1].reshape(B, 1, N),
-                                  self.erase[t], self.write_vector[t], self.memory(t + 1),
-                                  self.th_write)
 
 
 # --------------------------------------------------------------------------
@@ -680,24 +315,18 @@ _WORKSPACES_LOCK = threading.Lock()
 CHUNK_ROWS = 8
 """Batch rows per chunk: each chunk runs the whole time loop on its rows, the
 chunks in parallel on ``dmem.get_num_threads()`` threads (the kernels and
-numpy's products release the GIL)."""
+numpy's products release the GIL).  Measured on 2 cores, small DNC (N = 16,
+LSTM 64) at B = 16: one chunk 9.1 ms, two of 8 rows 5.4 ms, four of 4 rows
+11.4 ms (each chunk's step is then mostly Python calls); on one thread, one
+chunk and two take the same time."""
 
 MAX_CHUNKS = 8
 """At most this many chunks: a large batch gets larger chunks."""
 
-CHUNK_MIN_WORK = 1 << 18
-"""The batch is cut into chunks only when a chunk's link update (``N²·(1 + R)``
-per row) takes at least this many inner steps; below, one chunk."""
-
 
 def _chunks(config, B):
-    """``[(b0, b1), ...]``: the batch cut into balanced chunks (a function of the
-    configuration and ``B`` only, so that results do not depend on the number of
-    threads).  A small memory is one chunk: its step is mostly Python calls, which
-    two threads would take turns at under the GIL."""
-    N, R = config.memory_slots, config.read_heads
-    if N * N * (1 + R) * CHUNK_ROWS < CHUNK_MIN_WORK:
-        return [(0, B)]
+    """``[(b0, b1), ...]``: the batch cut into balanced chunks (a function of ``B``
+    only, so that results do not depend on the number of threads)."""
     return _chunks_mod.balanced(B, CHUNK_ROWS, MAX_CHUNKS)
 
 

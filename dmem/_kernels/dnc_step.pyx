@@ -1,35 +1,63 @@
-"""The DNC's temporal linkage over a whole sequence, for backpropagation through time.
+"""The DNC's time step, fused, for backpropagation through time.
 
-``LinkSequence`` holds the time-major arrays of the link step of one DNC
-forward/backward pass (``dmem/_dnc_bptt.py``), checked once when it is made
-(shapes, dtype, C-contiguity, no overlap), and runs the link step of one time
-step forward (``L_{t+1}, p_{t+1}, f_t, b_t`` from ``L_t, p_t, ww_{t+1},
-wr_t``) or backward.  Each call checks the step index and the shapes of the
-per-step arrays it is given, then runs ``nogil`` over batch rows.
+:class:`DNCSequence` holds the time-major arrays of one DNC forward/backward
+pass (``dmem/_dnc_bptt.py``), checked once when it is made (shapes, dtypes,
+C-contiguity, no overlap), and runs one time step per call over every batch
+row.  Between the calls numpy's BLAS does the controller's and the interface's
+matrix products; the calls do everything else:
 
-Equations (DNC Methods, as in :mod:`dmem._kernels.linkage`)::
+* ``cell_forward(t)``: the controller's activations (LSTM gates and cell, or
+  the tanh layer), from ``gates[t] = zh[t]·W``;
+* ``memory_forward(t)``: from ``xi[t] = h_t·W``, the interface's bias and
+  activations, the write content weighting on ``M_t``, usage, allocation and
+  write weighting, the write, the link step, the read content weightings on
+  ``M_{t+1}``, the read weighting and the read;
+* ``memory_backward(t)`` and ``cell_backward(t)``: their backward passes,
+  carrying the cotangents of the state from step t + 1 to step t.
+
+Each piece is the row kernel of its tested op (``memory.pxd``,
+``allocation.pxd``, ``addressing.pxd``, the link loops of ``linkage_simd.h``),
+so the fused step computes what the ops compute.  Interface vector of a row
+(``xi[t, b]``, columns grouped by activation, as in ``dmem/_dnc_bptt.py``)::
+
+    read keys (R, W) | write key (W) | write vector (W)            linear
+    read strengths (R) | write strength                            oneplus
+    erase (W) | free gates (R) | allocation gate | write gate      σ
+    read modes (R, 3)                                              softmax
+
+``act[t, b]`` holds the activated columns from the read strengths on.
+
+Link equations (DNC Methods, as in :mod:`dmem._kernels.linkage`)::
 
     p    = (1 − Σ_i w_i) p_prev + w
     L_ij = (1 − w_i − w_j) L_prev,ij + w_i p_prev,j,   L_ii = 0
     f_r  = L w_r,   b_r = Lᵀ w_r
-
-The N×N loops are those of ``linkage_simd.h`` (AVX2/FMA when the CPU has it
-and :func:`dmem._kernels.linkage.simd_level` says so; :meth:`LinkSequence.use_simd`).
 
 Storage (training): ``link[t − 2]`` holds ``L_t`` for ``2 <= t <= T − 1``;
 ``L_0 = L_1 = 0`` are not stored, and ``L_T`` (read by nothing) goes to
 ``link_grad``, the buffer that then carries the link cotangent backwards, in
 place.  The stored matrices are not read again before the backward pass: when
 they take at least :data:`STREAM_MIN_BYTES` in all they are written with
-non-temporal stores, which skip reading the destination lines first.
-Inference (``link`` None): ``link_grad`` holds ``L_t``, updated in place.
+non-temporal stores, which skip reading the destination lines first.  Every
+``k``-th memory is kept (``memory``), the others of the current segment in
+``memory_segment``, recomputed by :meth:`DNCSequence.recompute_memory`.
+Inference: ``link_grad`` holds ``L_t`` and two memories alternate, updated in
+place.
 
-Every batch row is one thread's work (``prange`` over rows), rows of the link
-matrix in increasing order: results do not depend on the thread count.
+Every batch row is one thread's work (``prange`` over rows) in a fixed order:
+results do not depend on the thread count.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport exp
+from libc.stdint cimport int64_t
+
+from dmem._kernels.activations cimport (
+    _clamp, _sigmoid, _sigmoid_clamped, _softplus_sigmoid, _tanh_clamped)
+from dmem._kernels.addressing cimport _content_weights_row, _content_weights_backward_row
+from dmem._kernels.allocation cimport _write_weights_row, _write_weights_backward_row
+from dmem._kernels.memory cimport _read_row, _read_backward_row, _write_row, _write_backward_row
 from dmem._kernels.linkage_simd cimport (
     dmem_link_forward_d, dmem_link_forward_f, dmem_link_backward_d, dmem_link_backward_f,
     dmem_linkage_simd_supported, dmem_linkage_set_simd, dmem_linkage_get_simd)
@@ -96,211 +124,704 @@ cdef int _backward_row(const floating* lp, const floating* pp, const floating* w
 
 
 # ----------------------------------------------------------------------------
-# Checks (before any boundscheck(False) code)
+# The sequence
 # ----------------------------------------------------------------------------
 
-def _check(a, shape, dtype, name):
-    import numpy as np
-
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, not {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, not {a.dtype}")
-    if a.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, not {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
-    if not a.flags.writeable:
-        raise ValueError(f"{name} must be writable")
+cdef struct Sizes:
+    Py_ssize_t T, B, I, N, W, R, C, RW, Z, ZH, K, A, G, HR
+    Py_ssize_t o_wk, o_wv, o_rs, o_ws, o_er, o_fg, o_ga, o_gw, o_md
+    Py_ssize_t k, segments          # every k-th memory kept (training)
+    Py_ssize_t fwork, dwork         # per-row scratch: model dtype, double
+    bint lstm, train, stream
 
 
-cdef class LinkSequence:
-    """Link steps of a DNC sequence over time-major arrays, checked once.
+cdef struct Buffers:
+    void* zh
+    void* gates
+    void* cell
+    void* tcell
+    void* bc
+    void* xi
+    void* bi
+    void* act
+    void* usage
+    void* ww
+    void* alloc
+    int64_t* order
+    void* prefix
+    void* cw
+    void* cw_cos
+    void* cw_mnorm
+    void* cw_knorm
+    void* cr
+    void* cr_cos
+    void* cr_mnorm
+    void* cr_knorm
+    void* prec
+    void* fwd
+    void* bwd
+    void* link
+    void* link_grad
+    void* mem_ck
+    void* mem_seg
+    void* wr
+    void* dhr
+    void* dzh
+    void* dxi
+    void* dh
+    void* da
+    void* dcell
+    void* d_mem
+    void* d_wr
+    void* d_ww
+    void* d_u
+    void* d_p
+    void* fwork
+    double* dwork
+    int64_t* iwork
 
-    Arguments (one float dtype, C-contiguous, writable, no two overlapping):
-    ``link`` `(T − 2, B, N, N)` or None (inference: no storage),
-    ``link_grad`` `(B, N, N)`, ``precedence`` `(T + 1, B, N)`,
-    ``write_weights`` `(T + 1, B, N)` (``write_weights[t]`` is ``ww_t``),
-    ``forward_weights``, ``backward_weights`` `(T, B, R, N)`.
-    The arrays are kept (referenced) by the object.
+
+cdef void _set_sizes(Sizes* n, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t N,
+                     Py_ssize_t W, Py_ssize_t R, Py_ssize_t C, bint lstm, bint train,
+                     Py_ssize_t k) noexcept:
+    n.T, n.B, n.I, n.N, n.W, n.R, n.C = T, B, I, N, W, R, C
+    n.lstm, n.train = lstm, train
+    n.RW = R * W
+    n.Z = I + n.RW
+    n.ZH = n.Z + C
+    n.G = 4 * C if lstm else C
+    n.HR = n.RW + C
+    n.o_wk = n.RW
+    n.o_wv = n.o_wk + W
+    n.o_rs = n.o_wv + W
+    n.o_ws = n.o_rs + R
+    n.o_er = n.o_ws + 1
+    n.o_fg = n.o_er + W
+    n.o_ga = n.o_fg + R
+    n.o_gw = n.o_ga + 1
+    n.o_md = n.o_gw + 1
+    n.K = n.o_md + 3 * R
+    n.A = n.K - n.o_rs
+    n.k = k if train else 1
+    n.segments = (T + n.k - 1) // n.k
+    n.fwork = 8 * R * N + 3 * N * W + 9 * N + n.RW + 2 * W
+    n.dwork = max(3 * N + W, n.G + C)
+    n.stream = 0
+
+
+cdef dict _dnc_shapes(Sizes* n):
+    """Expected shape of every buffer given by the caller (``order`` is int64, the
+    others of the model's dtype); training buffers only when training."""
+    T, B, N, W, R, C = n.T, n.B, n.N, n.W, n.R, n.C
+    shapes = {
+        "zh": (T + 1, B, n.ZH), "gates": (T, B, n.G), "cell": (T + 1, B, C),
+        "tcell": (T, B, C), "controller_b": (n.G,), "xi": (T, B, n.K),
+        "interface_b": (n.K,), "act": (T, B, n.A), "usage": (T + 1, B, N),
+        "write_weights": (T + 1, B, N), "allocation": (T, B, N), "order": (T, B, N),
+        "prefix": (T, B, N), "cw": (T, B, N), "cw_cos": (T, B, N), "cw_mnorm": (T, B, N),
+        "cw_knorm": (T, B), "cr": (T, B, R, N), "cr_cos": (T, B, R, N),
+        "cr_mnorm": (T, B, N), "cr_knorm": (T, B, R), "precedence": (T + 1, B, N),
+        "forward_weights": (T, B, R, N), "backward_weights": (T, B, R, N),
+        "link_grad": (B, N, N), "read_weights": (2, B, R, N),
+    }
+    if n.train:
+        shapes.update({
+            "link": (max(T - 2, 0), B, N, N), "memory": (n.segments + 1, B, N, W),
+            "memory_segment": (n.k - 1, B, N, W), "dhr": (T, B, n.HR), "dzh": (B, n.ZH),
+            "dxi": (T, B, n.K), "dh": (B, C), "da": (T, B, n.G), "dcell": (B, C),
+            "d_memory": (B, N, W), "d_read_weights": (B, R, N), "d_write_weights": (B, N),
+            "d_usage": (B, N), "d_precedence": (B, N),
+        })
+    else:
+        shapes["memory"] = (2, B, N, W)
+    return shapes
+
+
+def sequence_shapes(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t N, Py_ssize_t W,
+                    Py_ssize_t R, Py_ssize_t C, bint lstm, bint train, Py_ssize_t k=1):
+    """``{name: shape}`` of the buffers a :class:`DNCSequence` of these sizes takes
+    (``order`` int64, the others of the model's dtype); ``k``: every ``k``-th
+    memory is kept when training (the others are recomputed)."""
+    cdef Sizes n
+    _set_sizes(&n, T, B, I, N, W, R, C, lstm, train, k)
+    return _dnc_shapes(&n)
+
+
+cdef void* _address(object array):
+    """Address of the first element of a validated C-contiguous array (NULL if empty)."""
+    cdef unsigned char[::1] raw
+    if array.size == 0:
+        return NULL
+    raw = array.reshape(-1).view("u1")
+    return <void*>&raw[0]
+
+
+cdef void* _address_in(dict buffers, str name):
+    """Address of ``buffers[name]`` (NULL when absent: inference has no backward buffers)."""
+    if name not in buffers:
+        return NULL
+    return _address(buffers[name])
+
+
+# ---------------------------------------------------------------- rows
+
+cdef inline floating* _memory_at(Sizes* n, Buffers* p, Py_ssize_t j,
+                                 floating tag) noexcept nogil:
+    """The memory ``M_j`` (all rows): kept checkpoints and the current segment
+    (training), or two alternating buffers (inference)."""
+    cdef Py_ssize_t size = n.B * n.N * n.W
+    if not n.train:
+        return <floating*>p.mem_ck + (j % 2) * size
+    if j == n.T:
+        return <floating*>p.mem_ck + n.segments * size
+    if j % n.k == 0:
+        return <floating*>p.mem_ck + (j // n.k) * size
+    return <floating*>p.mem_seg + (j % n.k - 1) * size
+
+
+cdef void _cell_forward_row(Sizes* n, Buffers* p, Py_ssize_t t, Py_ssize_t b,
+                            floating tag) noexcept nogil:
+    """LSTM: ``[i, f, o, g]`` = σ, σ, σ, tanh of ``gates + b`` (in place),
+    ``c = f c_prev + i g``, ``h = o tanh(c)``; tanh layer: ``h = tanh(gates + b)``
+    (kept in ``gates``).  ``h`` goes to the controller input of step t + 1.
+    Each loop runs over a whole row in double scratch, so that the compiler
+    vectorises the activations."""
+    cdef Py_ssize_t u, C = n.C, G = n.G, tb = t * n.B + b
+    cdef floating* gates = <floating*>p.gates + tb * G
+    cdef const floating* bias = <floating*>p.bc
+    cdef const floating* cell_prev = <floating*>p.cell + tb * C
+    cdef floating* cell = <floating*>p.cell + (tb + n.B) * C
+    cdef floating* tcell = <floating*>p.tcell + tb * C
+    cdef floating* h = <floating*>p.zh + (tb + n.B) * n.ZH + n.Z
+    cdef double* a = p.dwork + b * n.dwork          # G: pre-activations, then activations
+    cdef double* c = a + G                          # C: the cell, then its tanh
+    for u in range(G):
+        a[u] = _clamp(gates[u] + bias[u])
+    if not n.lstm:
+        for u in range(C):
+            a[u] = _tanh_clamped(a[u])
+        for u in range(C):
+            gates[u] = a[u]
+            h[u] = a[u]
+        return
+    for u in range(3 * C):
+        a[u] = _sigmoid_clamped(a[u])
+    for u in range(3 * C, 4 * C):
+        a[u] = _tanh_clamped(a[u])
+    for u in range(G):
+        gates[u] = a[u]
+    for u in range(C):
+        cell[u] = gates[C + u] * cell_prev[u] + gates[u] * gates[3 * C + u]
+    for u in range(C):
+        c[u] = _clamp(cell[u])
+    for u in range(C):
+        c[u] = _tanh_clamped(c[u])
+    for u in range(C):
+        tcell[u] = c[u]
+    for u in range(C):
+        h[u] = gates[2 * C + u] * tcell[u]
+
+
+cdef void _cell_backward_row(Sizes* n, Buffers* p, Py_ssize_t t, Py_ssize_t b,
+                             floating tag) noexcept nogil:
+    """dL/dh_t = ``dh`` (from the interface) + ``dhr[t]`` (from the output) + the
+    controller input of step t + 1 (``dzh``); dL/d(pre-activations) into
+    ``da[t]``; ``dcell`` carries dL/dc_t in and dL/dc_{t-1} out."""
+    cdef Py_ssize_t u, C = n.C, tb = t * n.B + b
+    cdef const floating* gates = <floating*>p.gates + tb * n.G
+    cdef const floating* cell_prev = <floating*>p.cell + tb * C
+    cdef const floating* tcell = <floating*>p.tcell + tb * C
+    cdef const floating* dhr = <floating*>p.dhr + tb * n.HR + n.RW
+    cdef const floating* dh_next = <floating*>p.dzh + b * n.ZH + n.Z
+    cdef floating* dh = <floating*>p.dh + b * C
+    cdef floating* dcell = <floating*>p.dcell + b * C
+    cdef floating* da = <floating*>p.da + tb * n.G
+    cdef floating dc
+    for u in range(C):
+        dh[u] = (dh[u] + dhr[u]) + dh_next[u]
+    if not n.lstm:
+        for u in range(C):
+            da[u] = dh[u] * (1 - gates[u] * gates[u])
+        return
+    for u in range(C):
+        dc = dh[u] * (gates[2 * C + u] * (1 - tcell[u] * tcell[u])) + dcell[u]
+        da[u] = dc * (gates[3 * C + u] * (gates[u] * (1 - gates[u])))
+        da[C + u] = dc * (cell_prev[u] * (gates[C + u] * (1 - gates[C + u])))
+        da[2 * C + u] = dh[u] * (tcell[u] * (gates[2 * C + u] * (1 - gates[2 * C + u])))
+        da[3 * C + u] = dc * (gates[u] * (1 - gates[3 * C + u] * gates[3 * C + u]))
+        dcell[u] = dc * gates[C + u]
+
+
+cdef inline void _mix(const floating* modes, const floating* bwd, const floating* content,
+                      const floating* fwd, floating* out, Py_ssize_t R,
+                      Py_ssize_t N) noexcept nogil:
+    """Read weighting ``w_r = π_r,0 b_r + π_r,1 c_r + π_r,2 f_r`` of one row."""
+    cdef Py_ssize_t r, i, o
+    cdef floating pb, pc, pf
+    for r in range(R):
+        pb = modes[3 * r]
+        pc = modes[3 * r + 1]
+        pf = modes[3 * r + 2]
+        o = r * N
+        for i in range(N):
+            out[o + i] = (pb * bwd[o + i] + pc * content[o + i]) + pf * fwd[o + i]
+
+
+cdef int _memory_forward_row(Sizes* n, Buffers* p, Py_ssize_t t, Py_ssize_t b,
+                             const floating* lp, floating* lout, int nt,
+                             floating tag) noexcept nogil:
+    """Interface to read vectors of step ``t``, one batch row (module comment above).
+    -1 when the link kernel cannot allocate its scratch, else 0."""
+    cdef Py_ssize_t N = n.N, W = n.W, R = n.R, B = n.B, K = n.K, j, r
+    cdef Py_ssize_t tb = t * B + b, a0 = n.o_rs
+    cdef Py_ssize_t rowN = tb * N, nextN = (tb + B) * N, rowRN = tb * R * N
+    cdef floating* xi = <floating*>p.xi + tb * K
+    cdef const floating* bias = <floating*>p.bi
+    cdef floating* act = <floating*>p.act + tb * n.A
+    cdef const floating* modes = act + (n.o_md - a0)
+    cdef floating* m_prev = _memory_at(n, p, t, tag) + b * N * W
+    cdef floating* m = _memory_at(n, p, t + 1, tag) + b * N * W
+    cdef floating* wr_prev = <floating*>p.wr + ((t % 2) * B + b) * R * N
+    cdef floating* wr = <floating*>p.wr + (((t + 1) % 2) * B + b) * R * N
+    cdef floating* ww = <floating*>p.ww
+    cdef floating* usage = <floating*>p.usage
+    cdef floating* cw = <floating*>p.cw + rowN
+    cdef floating* cr = <floating*>p.cr + rowRN
+    cdef floating* prec = <floating*>p.prec
+    cdef double* dwork = p.dwork + b * n.dwork
+    cdef double sig, top, e0, e1, e2, total
+    cdef int status
+    # interface: bias; oneplus = 1 + softplus; σ; softmax over each head's 3 modes
+    for j in range(K):
+        xi[j] = xi[j] + bias[j]
+    for j in range(a0, n.o_er):
+        act[j - a0] = 1.0 + _softplus_sigmoid(xi[j], &sig)
+    for j in range(n.o_er, n.o_md):
+        act[j - a0] = _sigmoid(xi[j])
+    for r in range(R):
+        j = n.o_md + 3 * r
+        top = xi[j]
+        if xi[j + 1] > top:
+            top = xi[j + 1]
+        if xi[j + 2] > top:
+            top = xi[j + 2]
+        e0 = exp(xi[j] - top)
+        e1 = exp(xi[j + 1] - top)
+        e2 = exp(xi[j + 2] - top)
+        total = (e0 + e1) + e2
+        act[j - a0] = e0 / total
+        act[j - a0 + 1] = e1 / total
+        act[j - a0 + 2] = e2 / total
+    if t == 0:
+        for j in range(R * N):
+            wr_prev[j] = 0
+    # write head: content weighting on M_t, usage, allocation, write weighting, write
+    _content_weights_row(m_prev, xi + n.o_wk, act + (n.o_ws - a0), cw,
+                         <floating*>p.cw_cos + rowN, <floating*>p.cw_mnorm + rowN,
+                         <floating*>p.cw_knorm + tb, dwork, 1, N, W)
+    _write_weights_row(usage + rowN, ww + rowN, wr_prev, act + (n.o_fg - a0),
+                       act[n.o_ga - a0], act[n.o_gw - a0], cw, usage + nextN,
+                       <floating*>p.alloc + rowN, p.order + rowN, <floating*>p.prefix + rowN,
+                       p.iwork + b * N, ww + nextN, N, R)
+    _write_row(m_prev, ww + nextN, act + (n.o_er - a0), xi + n.o_wv, m, N, 1, W)
+    # temporal linkage: L_{t+1}, p_{t+1}, forward and backward weightings
+    status = _forward_row((lp + b * N * N) if lp != NULL else NULL, prec + rowN,
+                          ww + nextN, wr_prev, lout + b * N * N, prec + nextN,
+                          <floating*>p.fwd + rowRN, <floating*>p.bwd + rowRN, N, R, nt)
+    # read heads: content weightings on M_{t+1}, read weighting, read
+    _content_weights_row(m, xi, act, cr, <floating*>p.cr_cos + rowRN,
+                         <floating*>p.cr_mnorm + rowN, <floating*>p.cr_knorm + tb * R,
+                         dwork, R, N, W)
+    _mix(modes, <floating*>p.bwd + rowRN, cr, <floating*>p.fwd + rowRN, wr, R, N)
+    _read_row(m, wr, <floating*>p.zh + (tb + B) * n.ZH + n.I, N, R, W)
+    return status
+
+
+cdef int _memory_backward_row(Sizes* n, Buffers* p, Py_ssize_t t, Py_ssize_t b,
+                              const floating* lp, const floating* dl, floating* dlp,
+                              floating tag) noexcept nogil:
+    """Backward of :func:`_memory_forward_row`: writes ``dxi[t, b]`` (every column,
+    pre-activation) and carries the state cotangents (memory, read and write
+    weightings, usage, precedence; the link's in ``link_grad``) from step t + 1
+    to step t."""
+    cdef Py_ssize_t N = n.N, W = n.W, R = n.R, B = n.B, K = n.K, j, r
+    cdef Py_ssize_t NW = N * W, RN = R * N
+    cdef Py_ssize_t tb = t * B + b, a0 = n.o_rs
+    cdef Py_ssize_t rowN = tb * N, nextN = (tb + B) * N, rowRN = tb * RN
+    cdef const floating* xi = <floating*>p.xi + tb * K
+    cdef const floating* act = <floating*>p.act + tb * n.A
+    cdef const floating* modes = act + (n.o_md - a0)
+    cdef floating* dx = <floating*>p.dxi + tb * K
+    cdef const floating* m_prev = _memory_at(n, p, t, tag) + b * NW
+    cdef const floating* m = _memory_at(n, p, t + 1, tag) + b * NW
+    cdef const floating* ww = <floating*>p.ww
+    cdef const floating* usage = <floating*>p.usage
+    cdef const floating* cw = <floating*>p.cw + rowN
+    cdef const floating* cr = <floating*>p.cr + rowRN
+    cdef const floating* fwd = <floating*>p.fwd + rowRN
+    cdef const floating* bwd = <floating*>p.bwd + rowRN
+    cdef const floating* dhr = <floating*>p.dhr + tb * n.HR
+    cdef const floating* dzh = <floating*>p.dzh + b * n.ZH + n.I
+    cdef double* dwork = p.dwork + b * n.dwork
+    # state cotangents (of the values after step t)
+    cdef floating* d_mem = <floating*>p.d_mem + b * NW
+    cdef floating* d_wr_next = <floating*>p.d_wr + b * RN
+    cdef floating* d_ww_next = <floating*>p.d_ww + b * N
+    cdef floating* d_u_next = <floating*>p.d_u + b * N
+    cdef floating* d_p = <floating*>p.d_p + b * N
+    # scratch of the row
+    cdef floating* f = <floating*>p.fwork + b * n.fwork
+    cdef floating* wr_cur = f
+    cdef floating* wr_prev = f + RN
+    cdef floating* d_wr = f + 2 * RN
+    cdef floating* d_back = f + 3 * RN
+    cdef floating* d_content = f + 4 * RN
+    cdef floating* d_fwd = f + 5 * RN
+    cdef floating* d_wr_link = f + 6 * RN
+    cdef floating* d_wr_usage = f + 7 * RN
+    cdef floating* d_mem_r = f + 8 * RN
+    cdef floating* d_mem_c = d_mem_r + NW
+    cdef floating* d_mem_prev = d_mem_c + NW
+    cdef floating* d_ww_link = d_mem_prev + NW
+    cdef floating* d_ww = d_ww_link + N
+    cdef floating* d_u_prev = d_ww + N
+    cdef floating* d_ww_prev = d_u_prev + N
+    cdef floating* d_p_prev = d_ww_prev + N
+    cdef floating* d_cw = d_p_prev + N
+    cdef floating* d_ww_write = d_cw + N
+    cdef floating* ww_work = d_ww_write + N          # 2N
+    cdef floating* d_reads = ww_work + 2 * N         # RW
+    cdef floating* write_work = d_reads + n.RW       # 2W
+    cdef floating pb, pc, pf, g, sb, sc, sf, dot, s
+    cdef double sig
+    cdef int status
+    # the read weightings of steps t and t - 1, recomputed
+    _mix(modes, bwd, cr, fwd, wr_cur, R, N)
+    if t > 0:
+        _mix(<floating*>p.act + (tb - B) * n.A + (n.o_md - a0), bwd - B * RN, cr - B * RN,
+             fwd - B * RN, wr_prev, R, N)
+    else:
+        for j in range(RN):
+            wr_prev[j] = 0
+    # read: its cotangent from the output and from the controller of step t + 1
+    for j in range(n.RW):
+        d_reads[j] = dhr[j] + dzh[j]
+    _read_backward_row(m, wr_cur, d_reads, d_mem_r, d_wr, N, R, W)
+    for j in range(RN):
+        d_wr[j] = d_wr[j] + d_wr_next[j]
+    # read weighting, then the softmax of the modes
+    for r in range(R):
+        pb = modes[3 * r]
+        pc = modes[3 * r + 1]
+        pf = modes[3 * r + 2]
+        sb = 0
+        sc = 0
+        sf = 0
+        for j in range(r * N, r * N + N):
+            g = d_wr[j]
+            sb = sb + g * bwd[j]
+            sc = sc + g * cr[j]
+            sf = sf + g * fwd[j]
+            d_back[j] = pb * g
+            d_content[j] = pc * g
+            d_fwd[j] = pf * g
+        dot = (pb * sb + pc * sc) + pf * sf
+        dx[n.o_md + 3 * r] = pb * (sb - dot)
+        dx[n.o_md + 3 * r + 1] = pc * (sc - dot)
+        dx[n.o_md + 3 * r + 2] = pf * (sf - dot)
+    # read content weightings (keys and strengths of the interface)
+    _content_weights_backward_row(m, xi, act, cr, <floating*>p.cr_cos + rowRN,
+                                  <floating*>p.cr_mnorm + rowN,
+                                  <floating*>p.cr_knorm + tb * R, d_content, d_mem_c, dx,
+                                  dx + n.o_rs, dwork, R, N, W)
+    for j in range(NW):
+        d_mem[j] = (d_mem[j] + d_mem_r[j]) + d_mem_c[j]
+    # link step: the link cotangent of L_{t+1} becomes that of L_t, in place
+    status = _backward_row(lp, <floating*>p.prec + rowN, ww + nextN, wr_prev, dl, d_p,
+                           d_fwd, d_back, dlp, d_p_prev, d_ww_link, d_wr_link, N, R)
+    for j in range(N):
+        d_p[j] = d_p_prev[j]
+    # write: erase and write vector of the interface
+    _write_backward_row(m_prev, ww + nextN, act + (n.o_er - a0), xi + n.o_wv, d_mem,
+                        d_mem_prev, d_ww_write, dx + n.o_er, dx + n.o_wv, write_work, N, 1, W)
+    for j in range(N):
+        d_ww[j] = (d_ww_link[j] + d_ww_write[j]) + d_ww_next[j]
+    # usage, allocation and write weighting: gates of the interface
+    _write_weights_backward_row(usage + rowN, ww + rowN, wr_prev, act + (n.o_fg - a0),
+                                act[n.o_ga - a0], act[n.o_gw - a0], cw, usage + nextN,
+                                <floating*>p.alloc + rowN, p.order + rowN,
+                                <floating*>p.prefix + rowN, d_ww, d_u_next, d_u_prev,
+                                d_ww_prev, d_wr_usage, dx + n.o_fg, dx + n.o_ga, dx + n.o_gw,
+                                d_cw, ww_work, N, R)
+    for j in range(N):
+        d_u_next[j] = d_u_prev[j]
+        d_ww_next[j] = d_ww_prev[j]
+    # write content weighting on M_t
+    _content_weights_backward_row(m_prev, xi + n.o_wk, act + (n.o_ws - a0), cw,
+                                  <floating*>p.cw_cos + rowN, <floating*>p.cw_mnorm + rowN,
+                                  <floating*>p.cw_knorm + tb, d_cw, d_mem_c, dx + n.o_wk,
+                                  dx + n.o_ws, dwork, 1, N, W)
+    for j in range(NW):
+        d_mem[j] = d_mem_prev[j] + d_mem_c[j]
+    for j in range(RN):
+        d_wr_next[j] = d_wr_link[j] + d_wr_usage[j]
+    # derivatives of the activations: oneplus' = σ, σ' = σ (1 − σ)
+    for j in range(a0, n.o_er):
+        dx[j] = dx[j] * _sigmoid(xi[j])
+    for j in range(n.o_er, n.o_md):
+        s = act[j - a0]
+        dx[j] = dx[j] * (s * (1 - s))
+    return status
+
+
+cdef void _recompute_row(Sizes* n, Buffers* p, Py_ssize_t start, Py_ssize_t stop,
+                         Py_ssize_t b, floating tag) noexcept nogil:
+    """``M_{start+1} .. M_{stop-1}`` of one row, rewritten from ``M_start``."""
+    cdef Py_ssize_t t, tb, NW = n.N * n.W
+    for t in range(start, stop - 1):
+        tb = t * n.B + b
+        _write_row(_memory_at(n, p, t, tag) + b * NW, <floating*>p.ww + (tb + n.B) * n.N,
+                   <floating*>p.act + tb * n.A + (n.o_er - n.o_rs),
+                   <floating*>p.xi + tb * n.K + n.o_wv, _memory_at(n, p, t + 1, tag) + b * NW,
+                   n.N, 1, n.W)
+
+
+# ---------------------------------------------------------------- over the batch
+
+cdef int _run(Sizes* n, Buffers* p, int what, Py_ssize_t t, Py_ssize_t t2, int num_threads,
+              floating tag) noexcept nogil:
+    """``what``: 0 cell forward, 1 memory forward, 2 memory backward, 3 cell backward,
+    4 recompute memories ``t .. t2``; every batch row, ``num_threads`` threads.
+    Returns the number of rows whose link kernel could not allocate its scratch."""
+    cdef Py_ssize_t b, B = n.B, T = n.T, NN = n.N * n.N
+    cdef const floating* lp = NULL
+    cdef floating* lout = <floating*>p.link_grad
+    cdef const floating* dl = NULL
+    cdef floating* dlp = NULL
+    cdef int nt = 0, failed = 0
+    if what == 1:
+        if n.train:
+            if t >= 2:
+                lp = <floating*>p.link + (t - 2) * B * NN
+            if 2 <= t + 1 <= T - 1:
+                lout = <floating*>p.link + (t - 1) * B * NN
+                nt = n.stream
+        elif t >= 1:
+            lp = lout          # inference: in place (L_1 is written over a zero start)
+    elif what == 2:
+        if t >= 2:
+            lp = <floating*>p.link + (t - 2) * B * NN
+        if t < T - 1:
+            dl = <floating*>p.link_grad
+        if t > 0:
+            dlp = <floating*>p.link_grad
+    if num_threads <= 1:
+        for b in range(B):
+            failed += _row(n, p, what, t, t2, b, lp, lout, nt, dl, dlp, tag)
+    else:
+        for b in prange(B, schedule="static", num_threads=num_threads):
+            failed += _row(n, p, what, t, t2, b, lp, lout, nt, dl, dlp, tag)
+    return failed
+
+
+cdef inline int _row(Sizes* n, Buffers* p, int what, Py_ssize_t t, Py_ssize_t t2, Py_ssize_t b,
+                     const floating* lp, floating* lout, int nt, const floating* dl,
+                     floating* dlp, floating tag) noexcept nogil:
+    cdef Py_ssize_t NN = n.N * n.N
+    if what == 0:
+        _cell_forward_row(n, p, t, b, tag)
+    elif what == 1:
+        return _memory_forward_row(n, p, t, b, lp, lout, nt, tag) != 0
+    elif what == 2:
+        return _memory_backward_row(n, p, t, b, (lp + b * NN) if lp != NULL else NULL,
+                                    (dl + b * NN) if dl != NULL else NULL,
+                                    (dlp + b * NN) if dlp != NULL else NULL, tag) != 0
+    elif what == 3:
+        _cell_backward_row(n, p, t, b, tag)
+    else:
+        _recompute_row(n, p, t, t2, b, tag)
+    return 0
+
+
+cdef class DNCSequence:
+    """The buffers of one DNC sequence and the fused step kernels that run on them.
+
+    ``DNCSequence(T, B, I, N, W, R, C, lstm, train, k, buffers)``: ``buffers``
+    is a dict of numpy arrays with the shapes of :func:`sequence_shapes`, all
+    of one float dtype (``order`` int64), C-contiguous, writeable and pairwise
+    disjoint.  Everything is checked here, once; the step methods then only
+    check the step index.  The sequence keeps references to the arrays, and
+    its own scratch.
+
+    Per step ``t`` (``dmem/_dnc_bptt.py`` runs the matrix products between):
+    ``cell_forward(t)`` after ``gates[t] = zh[t] · controller_W``;
+    ``memory_forward(t)`` after ``xi[t] = h_t · interface_W`` (bias added
+    here); then, backwards, ``memory_backward(t)`` (writes ``dxi[t]``),
+    ``cell_backward(t)`` after ``dh = dxi[t] · interface_Wᵀ`` (writes
+    ``da[t]``).  ``begin_backward()`` zeroes the carried cotangents first.
     """
 
-    cdef readonly Py_ssize_t T, B, N, R
-    cdef readonly object dtype
-    cdef readonly bint train
+    cdef Sizes n
+    cdef Buffers p
+    cdef bint is_double
     cdef int simd
-    cdef int stream
-    cdef object arrays
-    cdef object link, link_grad, precedence, write_weights, forward_weights, backward_weights
+    cdef readonly dict buffers
+    cdef object _scratch
 
-    def __init__(self, link, link_grad, precedence, write_weights, forward_weights,
-                 backward_weights):
+    def __init__(self, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t N, Py_ssize_t W,
+                 Py_ssize_t R, Py_ssize_t C, bint lstm, bint train, Py_ssize_t k,
+                 dict buffers):
         import numpy as np
 
-        if not isinstance(precedence, np.ndarray) or precedence.ndim != 3:
-            raise ValueError("precedence must be a numpy array of shape (T + 1, B, N)")
-        if not isinstance(forward_weights, np.ndarray) or forward_weights.ndim != 4:
-            raise ValueError("forward_weights must be a numpy array of shape (T, B, R, N)")
-        dtype = precedence.dtype
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"the arrays must be float32 or float64, not {dtype}")
-        T1, B, N = precedence.shape
-        T = T1 - 1
-        R = forward_weights.shape[2]
-        if T < 1 or B < 1 or N < 1 or R < 1:
-            raise ValueError("T, B, N and R must be at least 1")
-        arrays = [(precedence, (T + 1, B, N), "precedence"),
-                  (write_weights, (T + 1, B, N), "write_weights"),
-                  (forward_weights, (T, B, R, N), "forward_weights"),
-                  (backward_weights, (T, B, R, N), "backward_weights"),
-                  (link_grad, (B, N, N), "link_grad")]
-        if link is not None:
-            arrays.append((link, (max(T - 2, 0), B, N, N), "link"))
-        for a, shape, name in arrays:
-            _check(a, shape, dtype, name)
-        _check_disjoint([(a, name) for a, _, name in arrays])
-        self.T, self.B, self.N, self.R = T, B, N, R
-        self.dtype = dtype
-        self.train = link is not None
-        self.link, self.link_grad = link, link_grad
-        self.precedence, self.write_weights = precedence, write_weights
-        self.forward_weights, self.backward_weights = forward_weights, backward_weights
+        for name, value in (("T", T), ("B", B), ("I", I), ("N", N), ("W", W), ("R", R),
+                            ("C", C), ("k", k)):
+            if value < 1:
+                raise ValueError(f"DNCSequence: {name} must be positive, got {value}")
+        if train and k > T:
+            raise ValueError(f"DNCSequence: k must be at most T = {T}, got {k}")
+        _set_sizes(&self.n, T, B, I, N, W, R, C, lstm, train, k)
+        shapes = _dnc_shapes(&self.n)
+        if sorted(buffers) != sorted(shapes):
+            raise ValueError(f"DNCSequence: buffers must be exactly {sorted(shapes)}, "
+                             f"got {sorted(buffers)}")
+        first = buffers["memory"]
+        dtype = first.dtype if isinstance(first, np.ndarray) else None
+        if dtype != np.float64 and dtype != np.float32:
+            raise TypeError(f"DNCSequence: buffers must be float32 or float64 arrays, "
+                            f"got {dtype}")
+        for name, shape in shapes.items():
+            a = buffers[name]
+            want = np.int64 if name == "order" else dtype
+            if type(a) is not np.ndarray:
+                raise TypeError(f"DNCSequence: {name} must be a numpy array")
+            if a.dtype != want or a.shape != shape:
+                raise ValueError(f"DNCSequence: {name} must have shape {shape} and dtype "
+                                 f"{np.dtype(want).name}, got {a.shape} {a.dtype}")
+            if not (a.flags.c_contiguous and a.flags.aligned and a.flags.writeable):
+                raise ValueError(f"DNCSequence: {name} must be C-contiguous, aligned and "
+                                 f"writeable")
+        _check_disjoint_ranges([(buffers[name], name) for name in shapes])
+        self.is_double = dtype == np.float64
+        self.buffers = dict(buffers)
+        fwork = np.zeros((B, self.n.fwork), dtype=dtype)
+        dwork = np.zeros((B, self.n.dwork), dtype=np.float64)
+        iwork = np.zeros((B, N), dtype=np.int64)
+        self._scratch = (fwork, dwork, iwork)
+        if train and buffers["link"].nbytes >= STREAM_MIN_BYTES:
+            self.n.stream = 1
         self.simd = dmem_linkage_get_simd()
-        self.stream = 1 if (link is not None and link.nbytes >= STREAM_MIN_BYTES) else 0
+        cdef Buffers* p = &self.p
+        p.zh = _address(buffers["zh"])
+        p.gates = _address(buffers["gates"])
+        p.cell = _address(buffers["cell"])
+        p.tcell = _address(buffers["tcell"])
+        p.bc = _address(buffers["controller_b"])
+        p.xi = _address(buffers["xi"])
+        p.bi = _address(buffers["interface_b"])
+        p.act = _address(buffers["act"])
+        p.usage = _address(buffers["usage"])
+        p.ww = _address(buffers["write_weights"])
+        p.alloc = _address(buffers["allocation"])
+        p.order = <int64_t*>_address(buffers["order"])
+        p.prefix = _address(buffers["prefix"])
+        p.cw = _address(buffers["cw"])
+        p.cw_cos = _address(buffers["cw_cos"])
+        p.cw_mnorm = _address(buffers["cw_mnorm"])
+        p.cw_knorm = _address(buffers["cw_knorm"])
+        p.cr = _address(buffers["cr"])
+        p.cr_cos = _address(buffers["cr_cos"])
+        p.cr_mnorm = _address(buffers["cr_mnorm"])
+        p.cr_knorm = _address(buffers["cr_knorm"])
+        p.prec = _address(buffers["precedence"])
+        p.fwd = _address(buffers["forward_weights"])
+        p.bwd = _address(buffers["backward_weights"])
+        p.link_grad = _address(buffers["link_grad"])
+        p.mem_ck = _address(buffers["memory"])
+        p.wr = _address(buffers["read_weights"])
+        p.link = _address_in(buffers, "link")
+        p.mem_seg = _address_in(buffers, "memory_segment")
+        p.dhr = _address_in(buffers, "dhr")
+        p.dzh = _address_in(buffers, "dzh")
+        p.dxi = _address_in(buffers, "dxi")
+        p.dh = _address_in(buffers, "dh")
+        p.da = _address_in(buffers, "da")
+        p.dcell = _address_in(buffers, "dcell")
+        p.d_mem = _address_in(buffers, "d_memory")
+        p.d_wr = _address_in(buffers, "d_read_weights")
+        p.d_ww = _address_in(buffers, "d_write_weights")
+        p.d_u = _address_in(buffers, "d_usage")
+        p.d_p = _address_in(buffers, "d_precedence")
+        p.fwork = _address(fwork)
+        p.dwork = <double*>_address(dwork)
+        p.iwork = <int64_t*>_address(iwork)
 
     def use_simd(self, bint enabled):
-        """Use the AVX2/FMA loops (when the CPU has them) or the baseline ones."""
+        """Use the AVX2/FMA link loops (when the CPU has them) or the baseline ones."""
         self.simd = dmem_linkage_simd_supported() if enabled else 0
 
-    def _step_checks(self, Py_ssize_t t, list args):
-        if t < 0 or t >= self.T:
-            raise ValueError(f"step {t} out of range [0, {self.T})")
-        for a, shape, name in args:
-            _check(a, shape, self.dtype, name)
-
-    def forward(self, Py_ssize_t t, read_weights_prev, int num_threads=1):
-        """Step ``t``: ``L_{t+1}``, ``p_{t+1}``, ``forward_weights[t]``,
-        ``backward_weights[t]`` from ``L_t``, ``p_t``, ``ww_{t+1}`` and
-        ``read_weights_prev`` `(B, R, N)` (``wr_t``)."""
-        self._step_checks(t, [(read_weights_prev, (self.B, self.R, self.N),
-                               "read_weights_prev")])
-        _check_disjoint([(read_weights_prev, "read_weights_prev"),
-                         (self.precedence, "precedence"), (self.link_grad, "link_grad"),
-                         (self.forward_weights, "forward_weights"),
-                         (self.backward_weights, "backward_weights")]
-                        + ([(self.link, "link")] if self.train else []), 1)
-        if self.dtype.itemsize == 8:
-            self._forward[double](t, read_weights_prev, num_threads)
-        else:
-            self._forward[float](t, read_weights_prev, num_threads)
-
-    def backward(self, Py_ssize_t t, read_weights_prev, grad_precedence, grad_forward,
-                 grad_backward, grad_precedence_prev, grad_write_weights,
-                 grad_read_weights_prev, int num_threads=1):
-        """Backward of step ``t``: the link cotangent (of ``L_{t+1}``, in
-        ``link_grad``; zero when ``t = T − 1``) becomes that of ``L_t`` in place;
-        ``grad_precedence_prev`` `(B, N)`, ``grad_write_weights`` `(B, N)` (of
-        ``ww_{t+1}``) and ``grad_read_weights_prev`` `(B, R, N)` are written from
-        ``grad_precedence`` `(B, N)` and ``grad_forward``, ``grad_backward``
-        `(B, R, N)`.  Training sequences only."""
-        B, N, R = self.B, self.N, self.R
-        if not self.train:
-            raise ValueError("backward needs a training sequence (link storage)")
-        self._step_checks(t, [(read_weights_prev, (B, R, N), "read_weights_prev"),
-                              (grad_precedence, (B, N), "grad_precedence"),
-                              (grad_forward, (B, R, N), "grad_forward"),
-                              (grad_backward, (B, R, N), "grad_backward"),
-                              (grad_precedence_prev, (B, N), "grad_precedence_prev"),
-                              (grad_write_weights, (B, N), "grad_write_weights"),
-                              (grad_read_weights_prev, (B, R, N), "grad_read_weights_prev")])
-        _check_disjoint([(grad_precedence_prev, "grad_precedence_prev"),
-                         (grad_write_weights, "grad_write_weights"),
-                         (grad_read_weights_prev, "grad_read_weights_prev"),
-                         (grad_precedence, "grad_precedence"),
-                         (grad_forward, "grad_forward"), (grad_backward, "grad_backward"),
-                         (read_weights_prev, "read_weights_prev"),
-                         (self.link_grad, "link_grad")], 3)
-        if self.dtype.itemsize == 8:
-            self._backward[double](t, read_weights_prev, grad_precedence, grad_forward,
-                                   grad_backward, grad_precedence_prev, grad_write_weights,
-                                   grad_read_weights_prev, num_threads)
-        else:
-            self._backward[float](t, read_weights_prev, grad_precedence, grad_forward,
-                                  grad_backward, grad_precedence_prev, grad_write_weights,
-                                  grad_read_weights_prev, num_threads)
-
-    cdef _forward(self, Py_ssize_t t, const floating[:, :, ::1] wr, int num_threads):
-        cdef Py_ssize_t B = self.B, N = self.N, R = self.R, T = self.T, b
-        cdef Py_ssize_t stride = N * N
-        cdef floating[:, :, :, ::1] link
-        cdef floating[:, :, ::1] link_grad = self.link_grad
-        cdef floating[:, :, ::1] prec = self.precedence
-        cdef floating[:, :, ::1] ww = self.write_weights
-        cdef floating[:, :, :, ::1] fwd = self.forward_weights
-        cdef floating[:, :, :, ::1] bwd = self.backward_weights
-        cdef const floating* lp = NULL
-        cdef floating* out = &link_grad[0, 0, 0]
-        cdef int nt = 0, failed = 0
-        if self.train:
-            link = self.link
-            if t >= 2:
-                lp = &link[t - 2, 0, 0, 0]
-            if 2 <= t + 1 <= T - 1:
-                out = &link[t - 1, 0, 0, 0]
-                nt = self.stream
-        elif t >= 1:
-            lp = out  # inference: in place (L_1 is written over a zero start)
+    cdef int _go(self, int what, Py_ssize_t t, Py_ssize_t t2, int num_threads) except -1:
+        cdef int failed
+        if what == 2 or what == 3:
+            if not self.n.train:
+                raise ValueError("DNCSequence: the backward needs a training sequence")
+        if what == 4:
+            if not (0 <= t < t2 <= self.n.T):
+                raise IndexError(f"DNCSequence: segment [{t}, {t2}) out of range for "
+                                 f"{self.n.T} steps")
+        elif t < 0 or t >= self.n.T:
+            raise IndexError(f"DNCSequence: step {t} out of range for a sequence of "
+                             f"{self.n.T} steps")
+        if num_threads < 1:
+            num_threads = 1
         dmem_linkage_set_simd(self.simd)
-        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-            if _forward_row((lp + b * stride) if lp != NULL else NULL, &prec[t, b, 0],
-                            &ww[t + 1, b, 0], &wr[b, 0, 0], out + b * stride,
-                            &prec[t + 1, b, 0], &fwd[t, b, 0, 0], &bwd[t, b, 0, 0],
-                            N, R, nt) != 0:
-                failed = 1
+        with nogil:
+            if self.is_double:
+                failed = _run(&self.n, &self.p, what, t, t2, num_threads, <double>0)
+            else:
+                failed = _run(&self.n, &self.p, what, t, t2, num_threads, <float>0)
         if failed:
             raise MemoryError("dmem.dnc_step: could not allocate the kernel's scratch rows")
+        return 0
 
-    cdef _backward(self, Py_ssize_t t, const floating[:, :, ::1] wr,
-                   const floating[:, ::1] dp, const floating[:, :, ::1] df,
-                   const floating[:, :, ::1] db, floating[:, ::1] dpp, floating[:, ::1] dw,
-                   floating[:, :, ::1] dwr, int num_threads):
-        cdef Py_ssize_t B = self.B, N = self.N, R = self.R, T = self.T, b
-        cdef Py_ssize_t stride = N * N
-        cdef floating[:, :, :, ::1] link = self.link
-        cdef floating[:, :, ::1] link_grad = self.link_grad
-        cdef floating[:, :, ::1] prec = self.precedence
-        cdef floating[:, :, ::1] ww = self.write_weights
-        cdef const floating* lp = NULL
-        cdef const floating* dl = NULL
-        cdef floating* dlp = NULL
-        cdef int failed = 0
-        if t >= 2:
-            lp = &link[t - 2, 0, 0, 0]
-        if t < T - 1:
-            dl = &link_grad[0, 0, 0]
-        if t > 0:
-            dlp = &link_grad[0, 0, 0]
-        dmem_linkage_set_simd(self.simd)
-        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-            if _backward_row((lp + b * stride) if lp != NULL else NULL, &prec[t, b, 0],
-                             &ww[t + 1, b, 0], &wr[b, 0, 0],
-                             (dl + b * stride) if dl != NULL else NULL, &dp[b, 0],
-                             &df[b, 0, 0], &db[b, 0, 0],
-                             (dlp + b * stride) if dlp != NULL else NULL, &dpp[b, 0],
-                             &dw[b, 0], &dwr[b, 0, 0], N, R) != 0:
-                failed = 1
-        if failed:
-            raise MemoryError("dmem.dnc_step: could not allocate the kernel's scratch rows")
+    def cell_forward(self, Py_ssize_t t, int num_threads=1):
+        """Controller activations of step ``t`` (``gates[t]`` holds ``zh[t]·W``)."""
+        self._go(0, t, 0, num_threads)
+
+    def memory_forward(self, Py_ssize_t t, int num_threads=1):
+        """Interface to reads of step ``t`` (``xi[t]`` holds ``h_t·W``, without bias)."""
+        self._go(1, t, 0, num_threads)
+
+    def memory_backward(self, Py_ssize_t t, int num_threads=1):
+        """Backward of :meth:`memory_forward` (step ``t``; ``dzh`` holds the cotangent
+        of the controller input of step t + 1): writes ``dxi[t]``."""
+        self._go(2, t, 0, num_threads)
+
+    def cell_backward(self, Py_ssize_t t, int num_threads=1):
+        """Backward of :meth:`cell_forward` (``dh`` holds ``dxi[t]·Wᵀ``): writes ``da[t]``."""
+        self._go(3, t, 0, num_threads)
+
+    def recompute_memory(self, Py_ssize_t start, Py_ssize_t stop, int num_threads=1):
+        """The memories ``M_{start+1} .. M_{stop-1}``, rewritten from ``M_start``."""
+        self._go(4, start, stop, num_threads)
+
+    def begin_backward(self):
+        """Zero the cotangents carried between steps (memory, weightings, usage,
+        precedence, cell, controller input)."""
+        if not self.n.train:
+            raise ValueError("DNCSequence: the backward needs a training sequence")
+        for name in ("d_memory", "d_read_weights", "d_write_weights", "d_usage",
+                     "d_precedence", "dcell", "dzh"):
+            self.buffers[name].fill(0)
 
 
-def _check_disjoint(named, Py_ssize_t outputs=-1):
-    """ValueError if two of the arrays share memory (C-contiguous arrays: their
-    address ranges overlap); with ``outputs``, only pairs with one of the first
-    ``outputs`` arrays are checked."""
-    import numpy as np
-
-    cdef Py_ssize_t n = len(named) if outputs < 0 else outputs
-    for i in range(n):
-        for j in range(i + 1, len(named)):
-            if np.may_share_memory(named[i][0], named[j][0]):
-                raise ValueError(f"{named[i][1]} and {named[j][1]} overlap")
+def _check_disjoint_ranges(named):
+    """ValueError if two C-contiguous arrays' address ranges overlap (one sort)."""
+    spans = []
+    for a, name in named:
+        if a.size:
+            start = a.__array_interface__["data"][0]
+            spans.append((start, start + a.nbytes, name))
+    spans.sort()
+    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise ValueError(f"{n0} and {n1} overlap")

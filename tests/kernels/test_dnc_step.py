@@ -1,207 +1,203 @@
-"""dmem._kernels.dnc_step.LinkSequence: the DNC's link steps over a whole sequence
-against the autograd reference, bit-for-bit across threads, and its checks."""
+"""dmem._kernels.dnc_step.DNCSequence, the fused DNC step: the compiled DNC it runs
+against autograd over the reference model at the edges of its storage (T = 1,
+2, 3, memory segments), in float32 and float64, with and without SIMD; the same
+bits on 1 and 2 threads and with non-temporal stores; and its checks."""
 
 import importlib
 
-import autograd.numpy as anp
 import numpy as np
 import pytest
-from autograd import grad
 
-reference = importlib.import_module("dmem.reference.linkage")
+import dmem
+from dmem.tasks import Copy
+
 linkage = importlib.import_module("dmem._kernels.linkage")
 dnc_step = importlib.import_module("dmem._kernels.dnc_step")
-LinkSequence = dnc_step.LinkSequence
+dnc_bptt = importlib.import_module("dmem._dnc_bptt")
+DNCSequence = dnc_step.DNCSequence
 
-SIMD = ["baseline"] + (["avx2+fma"] if linkage._set_simd(True) == "avx2+fma" else [])
-
-
-def weightings(rng, *shape, total=0.9):
-    x = rng.uniform(0, 1, shape)
-    return total * x / x.sum(axis=-1, keepdims=True) * rng.uniform(0.2, 1.0, shape[:-1] + (1,))
+SIMD = [False] + ([True] if linkage._set_simd(True) == "avx2+fma" else [])
 
 
-def make(T=6, B=3, N=7, R=4, dtype=np.float64, train=True, seed=0):
-    """The arrays of a LinkSequence, with write weightings ``ww_1..ww_T``, and the
-    read weightings ``wr_0..wr_{T-1}`` `(T, B, R, N)` (``wr_0 = 0``)."""
-    rng = np.random.default_rng(seed)
-    arrays = dict(
-        link=np.full((max(T - 2, 0), B, N, N), np.nan, dtype) if train else None,
-        link_grad=np.full((B, N, N), np.nan, dtype),
-        precedence=np.zeros((T + 1, B, N), dtype),
-        write_weights=np.zeros((T + 1, B, N), dtype),
-        forward_weights=np.full((T, B, R, N), np.nan, dtype),
-        backward_weights=np.full((T, B, R, N), np.nan, dtype))
-    arrays["write_weights"][1:] = weightings(rng, T, B, N)
-    wr = weightings(rng, T, B, R, N, total=1.0).astype(dtype)
-    wr[0] = 0
-    return arrays, wr
+@pytest.fixture(autouse=True)
+def fresh_workspaces():
+    dnc_bptt.clear_workspaces()
+    yield
+    dnc_bptt.clear_workspaces()
+    linkage._set_simd(True)
 
 
-def run_forward(arrays, wr, threads=1, simd=True):
-    seq = LinkSequence(**arrays)
-    seq.use_simd(simd)
-    for t in range(wr.shape[0]):
-        seq.forward(t, np.ascontiguousarray(wr[t]), threads)
-    return seq
+def case(T, rows=3, dtype=np.float64, seed=4, **options):
+    """A DNC and a batch of sequences of exactly ``T`` steps (copy of length
+    (T − 1) / 2 and its recall; T = 1 and 2 are cut from a longer sample)."""
+    length = max(1, (T - 1) // 2)
+    task = Copy(bits=3, min_len=length, max_len=length)
+    b = task.sample(rows, seed)
+    x, y, m = b.inputs[:T], b.targets[:T], b.mask[:T].copy()
+    m[-1] = 1  # every row has a loss at its last step
+    sizes = dict(memory_slots=6, word_size=4, controller_size=5, read_heads=3)
+    sizes.update(options)
+    model = dmem.DNC(task.input_size, task.output_size, seed=seed, dtype=dtype, **sizes)
+    return model, (x.astype(dtype), y.astype(dtype), m.astype(dtype))
 
 
-def reference_sequence(ww, wr):
-    """``[(f_t, b_t)], p_T`` of the reference's link_step from zero state."""
-    T, B, N = ww.shape
-    L = anp.zeros((B, N, N))
-    p = anp.zeros((B, N))
-    out = []
-    for t in range(T):
-        L, p, f, b = reference.link_step(L, p, ww[t], wr[t])
-        out.append((f, b))
-    return out, p
+def reference_and_compiled(model, b):
+    with dmem.use_backend("reference"):
+        ref = model.loss_and_grad(*b)
+        ref_logits = model.forward(b[0])
+    with dmem.use_backend("compiled"):
+        comp = model.loss_and_grad(*b)
+        comp_logits = model.forward(b[0])
+    return ref, comp, ref_logits, comp_logits
 
 
-@pytest.mark.parametrize("simd", SIMD)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("T", [1, 2, 3, 6])
-def test_forward_equals_the_reference(T, dtype, simd):
-    arrays, wr = make(T=T, dtype=dtype)
-    run_forward(arrays, wr, simd=simd == "avx2+fma")
-    ww = arrays["write_weights"][1:].astype(np.float64)
-    out, p = reference_sequence(ww, wr.astype(np.float64))
-    rtol, atol = (1e-12, 1e-14) if dtype == np.float64 else (2e-5, 1e-6)
-    for t, (f, b) in enumerate(out):
-        np.testing.assert_allclose(arrays["forward_weights"][t], f, rtol=rtol, atol=atol)
-        np.testing.assert_allclose(arrays["backward_weights"][t], b, rtol=rtol, atol=atol)
-    np.testing.assert_allclose(arrays["precedence"][T], p, rtol=rtol, atol=atol)
-    # the last link matrix is in link_grad, the others stored
-    L = np.zeros_like(arrays["link_grad"], dtype=np.float64)
-    pp = np.zeros(p.shape)
-    for t in range(T):
-        L, pp = reference.link(L, ww[t], pp), reference.precedence(pp, ww[t])
-        if 2 <= t + 1 <= T - 1:
-            np.testing.assert_allclose(arrays["link"][t - 1], L, rtol=rtol, atol=atol)
-    np.testing.assert_allclose(arrays["link_grad"], L, rtol=rtol, atol=atol)
+def assert_close(ref, comp, rtol, dtype=np.float64):
+    np.testing.assert_allclose(comp[0], ref[0], rtol=rtol)
+    for k, g in ref[1].items():
+        assert comp[1][k].dtype == dtype, k
+        scale = np.max(np.abs(g)) + 1e-300
+        np.testing.assert_allclose(comp[1][k] / scale, g / scale, rtol=0, atol=rtol, err_msg=k)
 
 
 @pytest.mark.parametrize("simd", SIMD)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("T", [1, 2, 5])
-def test_backward_equals_autograd_of_the_reference(T, dtype, simd):
-    B, N, R = 2, 6, 3
-    arrays, wr = make(T=T, B=B, N=N, R=R, dtype=dtype, seed=4)
-    seq = run_forward(arrays, wr, simd=simd == "avx2+fma")
-    rng = np.random.default_rng(5)
-    gf = rng.normal(size=(T, B, R, N))
-    gb = rng.normal(size=(T, B, R, N))
-    gp = rng.normal(size=(B, N))
-    ww = arrays["write_weights"][1:].astype(np.float64)
-
-    def scalar(ww, wr):
-        out, p = reference_sequence(ww, wr)
-        total = anp.sum(p * gp)
-        for t, (f, b) in enumerate(out):
-            total = total + anp.sum(f * gf[t]) + anp.sum(b * gb[t])
-        return total
-
-    d_ww_ref = grad(scalar, 0)(ww, wr.astype(np.float64))
-    d_wr_ref = grad(scalar, 1)(ww, wr.astype(np.float64))
-    d_p = gp.astype(dtype)
-    d_p_prev = np.empty((B, N), dtype)
-    d_ww = np.empty((T, B, N), dtype)
-    d_wr = np.empty((T, B, R, N), dtype)
-    for t in range(T - 1, -1, -1):
-        out_ww, out_wr = np.empty((B, N), dtype), np.empty((B, R, N), dtype)
-        seq.backward(t, np.ascontiguousarray(wr[t]), d_p, gf[t].astype(dtype),
-                     gb[t].astype(dtype), d_p_prev, out_ww, out_wr, 1)
-        d_ww[t], d_wr[t] = out_ww, out_wr
-        d_p, d_p_prev = d_p_prev, d_p
-    tol = 1e-10 if dtype == np.float64 else 2e-4
-    for got, want in [(d_ww, d_ww_ref), (d_wr[1:], d_wr_ref[1:])][:2 if T > 1 else 1]:
-        scale = np.max(np.abs(want)) + 1e-300
-        np.testing.assert_allclose(got / scale, want / scale, rtol=0, atol=tol)
+@pytest.mark.parametrize("controller", ["lstm", "ff"])
+@pytest.mark.parametrize("T", [1, 2, 3, 7])
+def test_compiled_dnc_equals_reference(T, controller, simd):
+    """L_0 = L_1 = 0 are not stored and L_T goes to the cotangent's buffer: every
+    short sequence is an edge of that storage."""
+    linkage._set_simd(simd)
+    model, b = case(T, controller=controller)
+    ref, comp, ref_logits, comp_logits = reference_and_compiled(model, b)
+    assert_close(ref, comp, 1e-8)
+    np.testing.assert_allclose(comp_logits, ref_logits, rtol=1e-10, atol=1e-12)
+    assert all(np.any(g != 0) for k, g in comp[1].items() if k != "controller_b" or T > 1)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_one_and_two_threads_and_streaming_give_the_same_bits(dtype, monkeypatch):
+@pytest.mark.parametrize("controller", ["lstm", "ff"])
+def test_float32_dnc_follows_the_float64_reference(controller):
+    model64, b64 = case(9, controller=controller)
+    model32, b32 = case(9, dtype=np.float32, controller=controller)
+    with dmem.use_backend("reference"):
+        ref = model64.loss_and_grad(*b64)
+    with dmem.use_backend("compiled"):
+        comp = model32.loss_and_grad(*b32)
+        logits = model32.forward(b32[0])
+    assert logits.dtype == np.float32
+    assert_close(ref, comp, 2e-4, np.float32)
+
+
+def test_one_and_two_threads_and_streaming_give_the_same_bits(monkeypatch):
+    """OpenMP threads over the rows of one chunk, and non-temporal stores of the
+    stored link matrices, change no bit."""
+    model, b = case(8, rows=5)
     results = []
-    for threads, stream in [(1, 32 << 20), (2, 32 << 20), (2, 0)]:
-        monkeypatch.setattr(dnc_step, "STREAM_MIN_BYTES", stream)
-        arrays, wr = make(T=5, B=5, N=9, R=2, dtype=dtype, seed=7)
-        seq = run_forward(arrays, wr, threads=threads)
-        B, N, R = 5, 9, 2
-        d_p, d_pp = np.ones((B, N), dtype), np.empty((B, N), dtype)
-        grads = []
-        for t in range(4, -1, -1):
-            d_ww, d_wr = np.empty((B, N), dtype), np.empty((B, R, N), dtype)
-            seq.backward(t, np.ascontiguousarray(wr[t]), d_p, np.ones((B, R, N), dtype),
-                         np.full((B, R, N), 0.5, dtype), d_pp, d_ww, d_wr, threads)
-            grads += [d_ww, d_wr]
-            d_p, d_pp = d_pp, d_p
-        results.append([arrays[k] for k in ("link", "precedence", "forward_weights",
-                                            "backward_weights")] + grads)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            np.testing.assert_array_equal(a, b)
+    before = dmem.get_num_threads()
+    try:
+        for threads, stream, min_work in [(1, 32 << 20, 1 << 18), (2, 32 << 20, 0), (2, 0, 0)]:
+            monkeypatch.setattr(dnc_step, "STREAM_MIN_BYTES", stream)
+            monkeypatch.setattr(dnc_bptt, "PARALLEL_MIN_WORK", min_work)
+            dmem.set_num_threads(threads)
+            dnc_bptt.clear_workspaces()
+            with dmem.use_backend("compiled"):
+                results.append((model.loss_and_grad(*b), model.forward(b[0])))
+    finally:
+        dmem.set_num_threads(before)
+    for (loss, grads), logits in results[1:]:
+        assert loss == results[0][0][0]
+        np.testing.assert_array_equal(logits, results[0][1])
+        for k, g in grads.items():
+            np.testing.assert_array_equal(g, results[0][0][1][k], err_msg=k)
 
 
-def test_inference_sequence_updates_one_link_matrix_in_place():
-    train, wr = make(T=5)
-    run_forward(train, wr)
-    infer, _ = make(T=5, train=False)
-    seq = run_forward(infer, wr)
-    assert not seq.train
-    for k in ("precedence", "forward_weights", "backward_weights", "link_grad"):
-        np.testing.assert_array_equal(infer[k], train[k])
-    with pytest.raises(ValueError, match="training"):
-        seq.backward(0, wr[0], *[np.zeros((3, 7))] * 1, np.zeros((3, 4, 7)),
-                     np.zeros((3, 4, 7)), np.zeros((3, 7)), np.zeros((3, 7)),
-                     np.zeros((3, 4, 7)))
+# ---------------------------------------------------------------- the class itself
+
+SIZES = dict(T=4, B=2, I=3, N=5, W=4, R=2, C=3, lstm=True)
+
+
+def buffers(train=True, k=2, dtype=np.float64, **sizes):
+    s = dict(SIZES, **sizes)
+    shapes = dnc_step.sequence_shapes(s["T"], s["B"], s["I"], s["N"], s["W"], s["R"], s["C"],
+                                      s["lstm"], train, k)
+    return {name: np.zeros(shape, np.int64 if name == "order" else dtype)
+            for name, shape in shapes.items()}
+
+
+def make(bufs, train=True, k=2, **sizes):
+    s = dict(SIZES, **sizes)
+    return DNCSequence(s["T"], s["B"], s["I"], s["N"], s["W"], s["R"], s["C"], s["lstm"],
+                       train, k, bufs)
+
+
+def test_shapes_of_training_and_inference_buffers():
+    train = dnc_step.sequence_shapes(6, 2, 3, 5, 4, 2, 3, True, True, 2)
+    infer = dnc_step.sequence_shapes(6, 2, 3, 5, 4, 2, 3, True, False)
+    assert train["link"] == (4, 2, 5, 5) and "link" not in infer
+    assert train["memory"] == (4, 2, 5, 4) and train["memory_segment"] == (1, 2, 5, 4)
+    assert infer["memory"] == (2, 2, 5, 4)
+    assert train["xi"] == (6, 2, 2 * 4 + 2 * 4 + 2 + 1 + 4 + 2 + 2 + 3 * 2)
+    assert set(train) - set(infer) == {"link", "memory_segment", "dhr", "dzh", "dxi", "dh",
+                                       "da", "dcell", "d_memory", "d_read_weights",
+                                       "d_write_weights", "d_usage", "d_precedence"}
 
 
 class TestBadInput:
-    def test_construction(self):
-        arrays, _ = make()
-        for name, bad, error in [
-                ("link", arrays["link"][:, :, :, :-1], ValueError),
-                ("link_grad", arrays["link_grad"].astype(np.float32), TypeError),
-                ("write_weights", arrays["write_weights"][:-1], ValueError),
-                ("forward_weights", np.asfortranarray(arrays["forward_weights"]), ValueError),
-                ("backward_weights", arrays["backward_weights"].tolist(), TypeError),
-                ("backward_weights", arrays["forward_weights"], ValueError)]:
-            kwargs = dict(arrays, **{name: bad})
-            with pytest.raises(error):
-                LinkSequence(**kwargs)
-        with pytest.raises(TypeError):
-            LinkSequence(**dict(arrays, precedence=arrays["precedence"].astype(np.int64)))
-        readonly = arrays["link_grad"].copy()
+    def test_sizes(self):
+        for name in ("T", "B", "N", "W", "R", "C"):
+            with pytest.raises(ValueError, match=name):
+                make(buffers(), **{name: 0})
+        with pytest.raises(ValueError, match="k must be at most"):
+            make(buffers(k=4), k=5)
+
+    def test_buffers(self):
+        good = buffers()
+        make(good)
+        with pytest.raises(ValueError, match="exactly"):
+            make({k: v for k, v in good.items() if k != "dxi"})
+        with pytest.raises(ValueError, match="exactly"):
+            make(dict(good, extra=np.zeros(3)))
+        with pytest.raises(ValueError, match="exactly"):
+            make(buffers(train=False))
+        with pytest.raises(TypeError, match="float32 or float64"):
+            make(buffers(dtype=np.float16))
+        for name, bad, error, match in [
+                ("link", good["link"][:, :, :, :-1], ValueError, "link must have shape"),
+                ("xi", good["xi"].astype(np.float32), ValueError, "xi must have shape"),
+                ("order", good["order"].astype(np.float64), ValueError, "order must have"),
+                ("act", good["act"].tolist(), TypeError, "act must be a numpy array"),
+                ("gates", np.asfortranarray(good["gates"]), ValueError, "C-contiguous"),
+                ("cr", good["cr"][::-1], ValueError, "C-contiguous")]:
+            if name == "gates":
+                bad = np.zeros(good["gates"].shape[::-1]).T
+            with pytest.raises(error, match=match):
+                make(dict(good, **{name: bad}))
+        readonly = good["usage"].copy()
         readonly.flags.writeable = False
-        with pytest.raises(ValueError):
-            LinkSequence(**dict(arrays, link_grad=readonly))
+        with pytest.raises(ValueError, match="writeable"):
+            make(dict(good, usage=readonly))
+
+    def test_overlapping_buffers(self):
+        good = buffers()
+        shared = np.zeros((2,) + good["cw"].shape)
+        with pytest.raises(ValueError, match="overlap"):
+            make(dict(good, cw=shared[0], cw_cos=shared[0]))
+        flat = np.zeros(good["cw"].size + 1)
+        with pytest.raises(ValueError, match="overlap"):
+            make(dict(good, cw=flat[:-1].reshape(good["cw"].shape),
+                      cw_cos=flat[1:].reshape(good["cw"].shape)))
 
     def test_steps(self):
-        arrays, wr = make(T=4, B=3, N=7, R=4)
-        seq = LinkSequence(**arrays)
-        good = np.ascontiguousarray(wr[0])
+        seq = make(buffers())
         for t in (-1, 4, 100):
-            with pytest.raises(ValueError, match="out of range"):
-                seq.forward(t, good)
-        with pytest.raises(ValueError):
-            seq.forward(0, good[:, :3])
-        with pytest.raises(TypeError):
-            seq.forward(0, good.astype(np.float32))
-        with pytest.raises(ValueError):
-            seq.forward(0, np.asfortranarray(good.transpose(0, 2, 1)).transpose(0, 2, 1))
-        with pytest.raises(ValueError, match="overlap"):
-            seq.forward(0, arrays["forward_weights"][1])
-        for t in range(4):
-            seq.forward(t, np.ascontiguousarray(wr[t]))
-        B, N, R = 3, 7, 4
-        args = [good, np.zeros((B, N)), np.zeros((B, R, N)), np.zeros((B, R, N)),
-                np.zeros((B, N)), np.zeros((B, N)), np.zeros((B, R, N))]
-        with pytest.raises(ValueError, match="out of range"):
-            seq.backward(4, *args)
-        for i, bad in [(1, np.zeros((B, N + 1))), (2, np.zeros((B, R - 1, N))),
-                       (4, np.zeros((B, N), np.float32)), (6, np.zeros((B, N, R)).T)]:
-            with pytest.raises((ValueError, TypeError)):
-                seq.backward(3, *args[:i], bad, *args[i + 1:])
-        with pytest.raises(ValueError, match="overlap"):
-            seq.backward(3, *args[:4], args[5], *args[5:])
-        seq.backward(3, *args)
+            for method in (seq.cell_forward, seq.memory_forward, seq.memory_backward,
+                           seq.cell_backward):
+                with pytest.raises(IndexError, match="out of range"):
+                    method(t)
+        for start, stop in [(-1, 2), (2, 2), (3, 5)]:
+            with pytest.raises(IndexError, match="out of range"):
+                seq.recompute_memory(start, stop)
+        infer = make(buffers(train=False, k=1), train=False, k=1)
+        for method in (infer.memory_backward, infer.cell_backward):
+            with pytest.raises(ValueError, match="training"):
+                method(0)
+        with pytest.raises(ValueError, match="training"):
+            infer.begin_backward()

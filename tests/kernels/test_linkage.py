@@ -721,7 +721,6 @@ def test_dnc_bptt_threads_do_not_change_the_result(monkeypatch, compiled_backend
 def test_dnc_bptt_batch_chunks_on_threads_are_exact(controller, monkeypatch, compiled_backend):
     """The batch cut into chunks run on a pool of threads: the reference's loss and
     gradient, and the same bits on 1 and 2 threads."""
-    monkeypatch.setattr(dnc_bptt, "CHUNK_MIN_WORK", 0)
     monkeypatch.setattr(dnc_bptt, "CHUNK_ROWS", 2)
     model, batch = dnc_case(controller=controller, rows=5)
     assert dnc_bptt._chunks(model.config, 5) == [(0, 1), (1, 3), (3, 5)]
