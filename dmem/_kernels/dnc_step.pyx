@@ -53,6 +53,7 @@ from cython.parallel cimport prange
 from libc.math cimport exp
 from libc.stdint cimport int64_t
 
+from dmem._kernels._buffers import check_buffers, check_disjoint
 from dmem._kernels.activations cimport (
     _clamp, _sigmoid, _sigmoid_clamped, _softplus_sigmoid, _tanh_clamped)
 from dmem._kernels.addressing cimport _content_weights_row, _content_weights_backward_row
@@ -681,26 +682,8 @@ cdef class DNCSequence:
             raise ValueError(f"DNCSequence: k must be at most T = {T}, got {k}")
         _set_sizes(&self.n, T, B, I, N, W, R, C, lstm, train, k)
         shapes = _dnc_shapes(&self.n)
-        if sorted(buffers) != sorted(shapes):
-            raise ValueError(f"DNCSequence: buffers must be exactly {sorted(shapes)}, "
-                             f"got {sorted(buffers)}")
-        first = buffers["memory"]
-        dtype = first.dtype if isinstance(first, np.ndarray) else None
-        if dtype != np.float64 and dtype != np.float32:
-            raise TypeError(f"DNCSequence: buffers must be float32 or float64 arrays, "
-                            f"got {dtype}")
-        for name, shape in shapes.items():
-            a = buffers[name]
-            want = np.int64 if name == "order" else dtype
-            if type(a) is not np.ndarray:
-                raise TypeError(f"DNCSequence: {name} must be a numpy array")
-            if a.dtype != want or a.shape != shape:
-                raise ValueError(f"DNCSequence: {name} must have shape {shape} and dtype "
-                                 f"{np.dtype(want).name}, got {a.shape} {a.dtype}")
-            if not (a.flags.c_contiguous and a.flags.aligned and a.flags.writeable):
-                raise ValueError(f"DNCSequence: {name} must be C-contiguous, aligned and "
-                                 f"writeable")
-        _check_disjoint_ranges([(buffers[name], name) for name in shapes])
+        dtype = check_buffers("DNCSequence", buffers, shapes, "memory", {"order": np.int64})
+        check_disjoint("DNCSequence", [(buffers[name], name) for name in shapes])
         self.is_double = dtype == np.float64
         self.buffers = dict(buffers)
         fwork = np.zeros((B, self.n.fwork), dtype=dtype)
@@ -812,16 +795,3 @@ cdef class DNCSequence:
         for name in ("d_memory", "d_read_weights", "d_write_weights", "d_usage",
                      "d_precedence", "dcell", "dzh"):
             self.buffers[name].fill(0)
-
-
-def _check_disjoint_ranges(named):
-    """ValueError if two C-contiguous arrays' address ranges overlap (one sort)."""
-    spans = []
-    for a, name in named:
-        if a.size:
-            start = a.__array_interface__["data"][0]
-            spans.append((start, start + a.nbytes, name))
-    spans.sort()
-    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
-        if s1 < e0:
-            raise ValueError(f"{n0} and {n1} overlap")

@@ -77,6 +77,7 @@ from cython.parallel cimport prange
 from libc.math cimport exp, fabs, log1p, sqrt
 from libc.stdint cimport uint64_t
 
+from dmem._kernels._buffers import check_buffers
 from dmem._kernels.activations cimport (
     _clamp, _sigmoid, _sigmoid_clamped, _softplus_sigmoid, _tanh_clamped)
 from dmem._kernels.addressing cimport (
@@ -1275,23 +1276,8 @@ cdef class NTMSequence:
             raise ValueError(f"NTMSequence: the shift width S must be odd, got {S}")
         _set_sizes(&self.n, T, B, I, N, W, R, Hw, C, S, lstm)
         shapes = _shapes(&self.n)
-        if sorted(buffers) != sorted(shapes):
-            raise ValueError(f"NTMSequence: buffers must be exactly {sorted(shapes)}, "
-                             f"got {sorted(buffers)}")
-        memory = buffers["memory"]
-        dtype = memory.dtype if isinstance(memory, np.ndarray) else None
-        if dtype != np.float64 and dtype != np.float32:
-            raise TypeError(f"NTMSequence: buffers must be float32 or float64 arrays, got {dtype}")
-        for name, shape in shapes.items():
-            a = buffers[name]
-            want = np.float64 if name in DOUBLE_BUFFERS else dtype
-            if type(a) is not np.ndarray:
-                raise TypeError(f"NTMSequence: {name} must be a numpy array")
-            if a.dtype != want or a.shape != shape:
-                raise ValueError(f"NTMSequence: {name} must have shape {shape} and dtype "
-                                 f"{np.dtype(want).name}, got {a.shape} {a.dtype}")
-            if not (a.flags.c_contiguous and a.flags.aligned and a.flags.writeable):
-                raise ValueError(f"NTMSequence: {name} must be C-contiguous, aligned and writeable")
+        dtype = check_buffers("NTMSequence", buffers, shapes, "memory",
+                              {name: np.float64 for name in DOUBLE_BUFFERS})
         self.is_double = dtype == np.float64
         self.buffers = dict(buffers)
         norm_cache = np.zeros((B, N), dtype=np.float64)
