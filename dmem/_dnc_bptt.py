@@ -50,6 +50,7 @@ Memory (``T·B·N²`` link values dominate; the ratio to them is what counts):
 """
 
 import math
+import os
 import threading
 import weakref
 
@@ -66,6 +67,21 @@ except ImportError:  # the extension is not built: only the reference backend ru
     _linkage = DNCSequence = sequence_shapes = None
 
 LN2 = math.log(2.0)
+
+def _physical_memory():
+    """Bytes of memory of the machine (16 GiB when the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return 16 << 30
+
+
+STORE_ALL_LINK_BYTES = _physical_memory() // 4
+"""Keep every link matrix of a training call when all of them (``T·B·N²``
+values, every chunk of the batch together) take at most this many bytes, a
+quarter of the machine's memory; otherwise keep every ``k``-th (``k = ⌊√T⌋``)
+and recompute the others in the backward pass, segment by segment: about
+``T/k + k`` matrices instead of ``T − 1``, for one more link update per step."""
 
 STORE_ALL_MEMORY_BYTES = 8 << 20
 """Keep the memory of every step when all of them take at most this many bytes
@@ -138,8 +154,9 @@ class _Sequence:
     run on them between numpy's matrix products.
     """
 
-    def __init__(self, config, T, B, dtype, train, omp_threads=None):
+    def __init__(self, config, T, B, dtype, train, omp_threads=None, link_segments=False):
         self.config = config
+        self.link_segments_asked = link_segments
         self.omp_threads = omp_threads
         I = config.input_size
         self.T, self.B, self.I = T, B, I
@@ -158,8 +175,14 @@ class _Sequence:
         # memories: checkpoints M_{jk} (and M_T) plus the k - 1 memories of one segment
         m_bytes = B * N * W * dtype.itemsize
         link_bytes = T * B * N * N * dtype.itemsize
+        # link matrices by segments only where that stores fewer of them
+        kl = math.isqrt(T)
+        self.link_segments = link_segments = (train and link_segments and kl >= 2
+                                              and (T - 1) // kl + kl - 1 < T - 2)
         if not train:
             k = 1  # inference: two buffers, M_t overwrites M_{t-2}
+        elif link_segments:
+            k = kl
         elif (T + 1) * m_bytes <= max(STORE_ALL_MEMORY_BYTES, link_bytes // 20):
             k = T
         else:
@@ -167,12 +190,13 @@ class _Sequence:
         self.k = k
         self.segments = -(-T // k)
 
-        shapes = sequence_shapes(T, B, I, N, W, R, C, self.lstm, train, k)
+        shapes = sequence_shapes(T, B, I, N, W, R, C, self.lstm, train, k, link_segments)
         if shapes["xi"][2] != K:
             raise AssertionError("interface layouts of dnc_step and _dnc_bptt differ")
         self.buf = {name: np.empty(shape, dtype=np.int64 if name == "order" else dtype)
                     for name, shape in shapes.items()}
-        self.steps = DNCSequence(T, B, I, N, W, R, C, self.lstm, train, k, self.buf)
+        self.steps = DNCSequence(T, B, I, N, W, R, C, self.lstm, train, k, self.buf,
+                                 link_segments)
         # parameters, in the order the loops want them (filled by load)
         self.Wi = np.empty((C, K), dtype=dtype)
         self.Wo = np.empty((C + self.RW, config.output_size), dtype=dtype)
@@ -339,13 +363,15 @@ def _plan(anchor, config, T, B, dtype, train):
     total = get_num_threads()
     pool_threads = min(total, len(chunks))
     omp = max(1, total // len(chunks))
-    key = (config, T, B, np.dtype(dtype).str, omp)
+    itemsize = np.dtype(dtype).itemsize
+    links = train and T * B * config.memory_slots ** 2 * itemsize > STORE_ALL_LINK_BYTES
+    key = (config, T, B, np.dtype(dtype).str, omp, links)
     with _WORKSPACES_LOCK:
         entry = _WORKSPACES.pop(train, None)
     if entry is not None and entry[0]() is anchor and entry[1] == key:
         return chunks, entry[2], pool_threads
     del entry
-    seqs = [_Sequence(config, T, b1 - b0, dtype, train, omp) for b0, b1 in chunks]
+    seqs = [_Sequence(config, T, b1 - b0, dtype, train, omp, links) for b0, b1 in chunks]
     return chunks, seqs, pool_threads
 
 
@@ -361,7 +387,8 @@ def _keep(anchor, config, seqs):
                 _WORKSPACES.pop(train, None)
 
     s = seqs[0]
-    key = (config, s.T, sum(q.B for q in seqs), s.dtype.str, s.omp_threads)
+    key = (config, s.T, sum(q.B for q in seqs), s.dtype.str, s.omp_threads,
+           s.link_segments_asked)
     with _WORKSPACES_LOCK:
         _WORKSPACES[train] = (weakref.ref(anchor, drop), key, seqs)
 

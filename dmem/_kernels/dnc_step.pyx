@@ -40,7 +40,11 @@ place.  The stored matrices are not read again before the backward pass: when
 they take at least :data:`STREAM_MIN_BYTES` in all they are written with
 non-temporal stores, which skip reading the destination lines first.  Every
 ``k``-th memory is kept (``memory``), the others of the current segment in
-``memory_segment``, recomputed by :meth:`DNCSequence.recompute_memory`.
+``memory_segment``, recomputed by :meth:`DNCSequence.recompute_memory`.  With
+``link_segments`` the link matrices are kept the same way: ``link`` holds
+``L_k, L_2k, ...`` and ``link_segment`` the others of the current segment,
+recomputed with the memories (the link update alone; ``T/k + k`` matrices
+instead of ``T − 1``).
 Inference: ``link_grad`` holds ``L_t`` and two memories alternate, updated in
 place.
 
@@ -132,6 +136,7 @@ cdef struct Sizes:
     Py_ssize_t T, B, I, N, W, R, C, RW, Z, ZH, K, A, G, HR
     Py_ssize_t o_wk, o_wv, o_rs, o_ws, o_er, o_fg, o_ga, o_gw, o_md
     Py_ssize_t k, segments          # every k-th memory kept (training)
+    Py_ssize_t link_k               # every link_k-th link matrix kept; 0: all of them
     Py_ssize_t fwork, dwork         # per-row scratch: model dtype, double
     bint lstm, train, stream
 
@@ -162,6 +167,7 @@ cdef struct Buffers:
     void* fwd
     void* bwd
     void* link
+    void* link_seg
     void* link_grad
     void* mem_ck
     void* mem_seg
@@ -184,7 +190,7 @@ cdef struct Buffers:
 
 cdef void _set_sizes(Sizes* n, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t N,
                      Py_ssize_t W, Py_ssize_t R, Py_ssize_t C, bint lstm, bint train,
-                     Py_ssize_t k) noexcept:
+                     Py_ssize_t k, bint link_segments) noexcept:
     n.T, n.B, n.I, n.N, n.W, n.R, n.C = T, B, I, N, W, R, C
     n.lstm, n.train = lstm, train
     n.RW = R * W
@@ -205,6 +211,7 @@ cdef void _set_sizes(Sizes* n, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssiz
     n.A = n.K - n.o_rs
     n.k = k if train else 1
     n.segments = (T + n.k - 1) // n.k
+    n.link_k = n.k if (train and link_segments) else 0
     n.fwork = 8 * R * N + 3 * N * W + 9 * N + n.RW + 2 * W
     n.dwork = max(3 * N + W, n.G + C)
     n.stream = 0
@@ -227,7 +234,9 @@ cdef dict _dnc_shapes(Sizes* n):
     }
     if n.train:
         shapes.update({
-            "link": (max(T - 2, 0), B, N, N), "memory": (n.segments + 1, B, N, W),
+            "link": (max(T - 2, 0), B, N, N) if n.link_k == 0 else ((T - 1) // n.k, B, N, N),
+            "link_segment": (0 if n.link_k == 0 else n.k - 1, B, N, N),
+            "memory": (n.segments + 1, B, N, W),
             "memory_segment": (n.k - 1, B, N, W), "dhr": (T, B, n.HR), "dzh": (B, n.ZH),
             "dxi": (T, B, n.K), "dh": (B, C), "da": (T, B, n.G), "dcell": (B, C),
             "d_memory": (B, N, W), "d_read_weights": (B, R, N), "d_write_weights": (B, N),
@@ -239,12 +248,14 @@ cdef dict _dnc_shapes(Sizes* n):
 
 
 def sequence_shapes(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t N, Py_ssize_t W,
-                    Py_ssize_t R, Py_ssize_t C, bint lstm, bint train, Py_ssize_t k=1):
+                    Py_ssize_t R, Py_ssize_t C, bint lstm, bint train, Py_ssize_t k=1,
+                    bint link_segments=False):
     """``{name: shape}`` of the buffers a :class:`DNCSequence` of these sizes takes
-    (``order`` int64, the others of the model's dtype); ``k``: every ``k``-th
-    memory is kept when training (the others are recomputed)."""
+    (``order`` int64, the others of the model's dtype).  When training, every
+    ``k``-th memory is kept (the others are recomputed), and with
+    ``link_segments`` every ``k``-th link matrix too (else all of them)."""
     cdef Sizes n
-    _set_sizes(&n, T, B, I, N, W, R, C, lstm, train, k)
+    _set_sizes(&n, T, B, I, N, W, R, C, lstm, train, k, link_segments)
     return _dnc_shapes(&n)
 
 
@@ -278,6 +289,23 @@ cdef inline floating* _memory_at(Sizes* n, Buffers* p, Py_ssize_t j,
     if j % n.k == 0:
         return <floating*>p.mem_ck + (j // n.k) * size
     return <floating*>p.mem_seg + (j % n.k - 1) * size
+
+
+cdef inline floating* _link_at(Sizes* n, Buffers* p, Py_ssize_t j,
+                               floating tag) noexcept nogil:
+    """The link matrix ``L_j`` (all rows) of a training sequence: NULL for the zero
+    ``L_0``, ``L_1``; ``link_grad`` for ``L_T``; else its stored place (every one,
+    or the checkpoints ``L_{ik}`` and the current segment)."""
+    cdef Py_ssize_t size = n.B * n.N * n.N
+    if j < 2:
+        return NULL
+    if j == n.T:
+        return <floating*>p.link_grad
+    if n.link_k == 0:
+        return <floating*>p.link + (j - 2) * size
+    if j % n.link_k == 0:
+        return <floating*>p.link + (j // n.link_k - 1) * size
+    return <floating*>p.link_seg + (j % n.link_k - 1) * size
 
 
 cdef void _cell_forward_row(Sizes* n, Buffers* p, Py_ssize_t t, Py_ssize_t b,
@@ -575,16 +603,37 @@ cdef int _memory_backward_row(Sizes* n, Buffers* p, Py_ssize_t t, Py_ssize_t b,
     return status
 
 
-cdef void _recompute_row(Sizes* n, Buffers* p, Py_ssize_t start, Py_ssize_t stop,
-                         Py_ssize_t b, floating tag) noexcept nogil:
-    """``M_{start+1} .. M_{stop-1}`` of one row, rewritten from ``M_start``."""
-    cdef Py_ssize_t t, tb, NW = n.N * n.W
+cdef int _recompute_row(Sizes* n, Buffers* p, Py_ssize_t start, Py_ssize_t stop,
+                        Py_ssize_t b, floating tag) noexcept nogil:
+    """``M_{start+1} .. M_{stop-1}`` of one row, rewritten from ``M_start``, and, when
+    the link matrices are kept by segments, ``L_{start+1} .. L_{stop-1}`` from
+    ``L_start`` (the link update alone).  -1 when the link kernel cannot
+    allocate its scratch, else 0."""
+    cdef Py_ssize_t t, tb, N = n.N, NW = n.N * n.W, NN = n.N * n.N
+    cdef const floating* lp
+    cdef floating* out
+    cdef int status = 0
     for t in range(start, stop - 1):
         tb = t * n.B + b
-        _write_row(_memory_at(n, p, t, tag) + b * NW, <floating*>p.ww + (tb + n.B) * n.N,
+        _write_row(_memory_at(n, p, t, tag) + b * NW, <floating*>p.ww + (tb + n.B) * N,
                    <floating*>p.act + tb * n.A + (n.o_er - n.o_rs),
                    <floating*>p.xi + tb * n.K + n.o_wv, _memory_at(n, p, t + 1, tag) + b * NW,
-                   n.N, 1, n.W)
+                   N, 1, n.W)
+        if n.link_k == 0 or t + 1 < 2:
+            continue
+        lp = _link_at(n, p, t, tag)
+        out = _link_at(n, p, t + 1, tag) + b * NN
+        if floating is double:
+            status |= dmem_link_forward_d((lp + b * NN) if lp != NULL else NULL,
+                                          <double*>p.prec + tb * N,
+                                          <double*>p.ww + (tb + n.B) * N, NULL, out,
+                                          NULL, NULL, N, 0, 0)
+        else:
+            status |= dmem_link_forward_f((lp + b * NN) if lp != NULL else NULL,
+                                          <float*>p.prec + tb * N,
+                                          <float*>p.ww + (tb + n.B) * N, NULL, out,
+                                          NULL, NULL, N, 0, 0)
+    return status
 
 
 # ---------------------------------------------------------------- over the batch
@@ -602,16 +651,16 @@ cdef int _run(Sizes* n, Buffers* p, int what, Py_ssize_t t, Py_ssize_t t2, int n
     cdef int nt = 0, failed = 0
     if what == 1:
         if n.train:
-            if t >= 2:
-                lp = <floating*>p.link + (t - 2) * B * NN
-            if 2 <= t + 1 <= T - 1:
-                lout = <floating*>p.link + (t - 1) * B * NN
+            lp = _link_at(n, p, t, tag)
+            if t + 1 >= 2:
+                lout = _link_at(n, p, t + 1, tag)
+            # matrices kept until the backward pass: not read again soon
+            if 2 <= t + 1 <= T - 1 and (n.link_k == 0 or (t + 1) % n.link_k == 0):
                 nt = n.stream
         elif t >= 1:
             lp = lout          # inference: in place (L_1 is written over a zero start)
     elif what == 2:
-        if t >= 2:
-            lp = <floating*>p.link + (t - 2) * B * NN
+        lp = _link_at(n, p, t, tag)
         if t < T - 1:
             dl = <floating*>p.link_grad
         if t > 0:
@@ -640,15 +689,16 @@ cdef inline int _row(Sizes* n, Buffers* p, int what, Py_ssize_t t, Py_ssize_t t2
     elif what == 3:
         _cell_backward_row(n, p, t, b, tag)
     else:
-        _recompute_row(n, p, t, t2, b, tag)
+        return _recompute_row(n, p, t, t2, b, tag) != 0
     return 0
 
 
 cdef class DNCSequence:
     """The buffers of one DNC sequence and the fused step kernels that run on them.
 
-    ``DNCSequence(T, B, I, N, W, R, C, lstm, train, k, buffers)``: ``buffers``
-    is a dict of numpy arrays with the shapes of :func:`sequence_shapes`, all
+    ``DNCSequence(T, B, I, N, W, R, C, lstm, train, k, buffers,
+    link_segments=False)``: ``buffers`` is a dict of numpy arrays with the
+    shapes of :func:`sequence_shapes` (same ``k`` and ``link_segments``), all
     of one float dtype (``order`` int64), C-contiguous, writeable and pairwise
     disjoint.  Everything is checked here, once; the step methods then only
     check the step index.  The sequence keeps references to the arrays, and
@@ -671,7 +721,7 @@ cdef class DNCSequence:
 
     def __init__(self, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t N, Py_ssize_t W,
                  Py_ssize_t R, Py_ssize_t C, bint lstm, bint train, Py_ssize_t k,
-                 dict buffers):
+                 dict buffers, bint link_segments=False):
         import numpy as np
 
         for name, value in (("T", T), ("B", B), ("I", I), ("N", N), ("W", W), ("R", R),
@@ -680,7 +730,9 @@ cdef class DNCSequence:
                 raise ValueError(f"DNCSequence: {name} must be positive, got {value}")
         if train and k > T:
             raise ValueError(f"DNCSequence: k must be at most T = {T}, got {k}")
-        _set_sizes(&self.n, T, B, I, N, W, R, C, lstm, train, k)
+        if train and link_segments and k < 2:
+            raise ValueError(f"DNCSequence: link segments need k >= 2, got {k}")
+        _set_sizes(&self.n, T, B, I, N, W, R, C, lstm, train, k, link_segments)
         shapes = _dnc_shapes(&self.n)
         dtype = check_buffers("DNCSequence", buffers, shapes, "memory", {"order": np.int64})
         check_disjoint("DNCSequence", [(buffers[name], name) for name in shapes])
@@ -722,6 +774,7 @@ cdef class DNCSequence:
         p.mem_ck = _address(buffers["memory"])
         p.wr = _address(buffers["read_weights"])
         p.link = _address_in(buffers, "link")
+        p.link_seg = _address_in(buffers, "link_segment")
         p.mem_seg = _address_in(buffers, "memory_segment")
         p.dhr = _address_in(buffers, "dhr")
         p.dzh = _address_in(buffers, "dzh")
@@ -784,7 +837,9 @@ cdef class DNCSequence:
         self._go(3, t, 0, num_threads)
 
     def recompute_memory(self, Py_ssize_t start, Py_ssize_t stop, int num_threads=1):
-        """The memories ``M_{start+1} .. M_{stop-1}``, rewritten from ``M_start``."""
+        """The memories ``M_{start+1} .. M_{stop-1}``, rewritten from ``M_start`` (and
+        the link matrices ``L_{start+1} .. L_{stop-1}`` from ``L_start`` when they
+        are kept by segments)."""
         self._go(4, start, stop, num_threads)
 
     def begin_backward(self):

@@ -28,9 +28,9 @@ def fresh_workspaces():
 
 
 def case(T, rows=3, dtype=np.float64, seed=4, **options):
-    """A DNC and a batch of sequences of exactly ``T`` steps (copy of length
-    (T − 1) / 2 and its recall; T = 1 and 2 are cut from a longer sample)."""
-    length = max(1, (T - 1) // 2)
+    """A DNC and a batch of sequences of exactly ``T`` steps (a copy of ``T // 2``
+    vectors and its recall, cut to ``T`` steps)."""
+    length = max(1, T // 2)
     task = Copy(bits=3, min_len=length, max_len=length)
     b = task.sample(rows, seed)
     x, y, m = b.inputs[:T], b.targets[:T], b.mask[:T].copy()
@@ -87,15 +87,19 @@ def test_float32_dnc_follows_the_float64_reference(controller):
 
 
 def test_one_and_two_threads_and_streaming_give_the_same_bits(monkeypatch):
-    """OpenMP threads over the rows of one chunk, and non-temporal stores of the
-    stored link matrices, change no bit."""
+    """OpenMP threads over the rows of one chunk, non-temporal stores of the stored
+    link matrices, and link matrices kept by segments change no bit."""
     model, b = case(8, rows=5)
     results = []
     before = dmem.get_num_threads()
+    everything = dnc_bptt.STORE_ALL_LINK_BYTES
     try:
-        for threads, stream, min_work in [(1, 32 << 20, 1 << 18), (2, 32 << 20, 0), (2, 0, 0)]:
+        for threads, stream, min_work, links in [(1, 32 << 20, 1 << 18, everything),
+                                                 (2, 32 << 20, 0, everything),
+                                                 (2, 0, 0, everything), (2, 0, 0, 0)]:
             monkeypatch.setattr(dnc_step, "STREAM_MIN_BYTES", stream)
             monkeypatch.setattr(dnc_bptt, "PARALLEL_MIN_WORK", min_work)
+            monkeypatch.setattr(dnc_bptt, "STORE_ALL_LINK_BYTES", links)
             dmem.set_num_threads(threads)
             dnc_bptt.clear_workspaces()
             with dmem.use_backend("compiled"):
@@ -107,6 +111,57 @@ def test_one_and_two_threads_and_streaming_give_the_same_bits(monkeypatch):
         np.testing.assert_array_equal(logits, results[0][1])
         for k, g in grads.items():
             np.testing.assert_array_equal(g, results[0][0][1][k], err_msg=k)
+
+
+@pytest.mark.parametrize("controller", ["lstm", "ff"])
+@pytest.mark.parametrize("T", [5, 6, 7, 10, 17])
+def test_link_matrices_kept_by_segments_give_the_same_bits(T, controller, monkeypatch):
+    """Above STORE_ALL_LINK_BYTES every k-th link matrix is kept and the others are
+    recomputed in the backward pass: the same bits as keeping them all."""
+    model, b = case(T, rows=3, controller=controller)
+    with dmem.use_backend("compiled"):
+        kept = model.loss_and_grad(*b)
+        monkeypatch.setattr(dnc_bptt, "STORE_ALL_LINK_BYTES", 0)
+        dnc_bptt.clear_workspaces()
+        segmented = model.loss_and_grad(*b)
+        seq = dnc_bptt._WORKSPACES[True][2][0]
+    k = int(np.sqrt(T))
+    assert seq.link_segments == (T > 5)      # at T = 5 the segments would save nothing
+    if seq.link_segments:
+        assert seq.k == k
+        assert seq.buf["link"].shape[0] + seq.buf["link_segment"].shape[0] < T - 2
+    assert segmented[0] == kept[0]
+    for k, g in kept[1].items():
+        np.testing.assert_array_equal(segmented[1][k], g, err_msg=k)
+
+
+def test_link_segments_bound_the_peak_memory(monkeypatch):
+    """T/k + k link matrices instead of T − 1 (k = ⌊√T⌋): the peak memory of a call
+    falls by the matrices not stored, and nothing else changes."""
+    import tracemalloc
+
+    model, b = case(16, rows=2, memory_slots=160, word_size=3, controller_size=6, read_heads=1)
+    T, B = b[0].shape[:2]
+    matrix = B * 160 * 160 * 8
+
+    def peak():
+        dnc_bptt.clear_workspaces()
+        tracemalloc.start()
+        try:
+            with dmem.use_backend("compiled"):
+                model.loss_and_grad(*b)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    all_kept = peak()
+    monkeypatch.setattr(dnc_bptt, "STORE_ALL_LINK_BYTES", 0)
+    segmented = peak()
+    k = int(np.sqrt(T))
+    stored = (T - 1) // k + (k - 1)              # checkpoints and one segment
+    saved = (T - 2) - stored                     # of the T − 2 kept otherwise
+    assert saved >= 7
+    assert abs((all_kept - segmented) - saved * matrix) < 0.25 * matrix
 
 
 # ---------------------------------------------------------------- the class itself
@@ -134,8 +189,12 @@ def test_shapes_of_training_and_inference_buffers():
     assert train["link"] == (4, 2, 5, 5) and "link" not in infer
     assert train["memory"] == (4, 2, 5, 4) and train["memory_segment"] == (1, 2, 5, 4)
     assert infer["memory"] == (2, 2, 5, 4)
+    assert train["link_segment"] == (0, 2, 5, 5)
+    segments = dnc_step.sequence_shapes(10, 2, 3, 5, 4, 2, 3, True, True, 3, True)
+    assert segments["link"] == (3, 2, 5, 5) and segments["link_segment"] == (2, 2, 5, 5)
     assert train["xi"] == (6, 2, 2 * 4 + 2 * 4 + 2 + 1 + 4 + 2 + 2 + 3 * 2)
-    assert set(train) - set(infer) == {"link", "memory_segment", "dhr", "dzh", "dxi", "dh",
+    assert set(train) - set(infer) == {"link", "link_segment", "memory_segment", "dhr", "dzh",
+                                       "dxi", "dh",
                                        "da", "dcell", "d_memory", "d_read_weights",
                                        "d_write_weights", "d_usage", "d_precedence"}
 
@@ -147,6 +206,8 @@ class TestBadInput:
                 make(buffers(), **{name: 0})
         with pytest.raises(ValueError, match="k must be at most"):
             make(buffers(k=4), k=5)
+        with pytest.raises(ValueError, match="link segments need k >= 2"):
+            DNCSequence(4, 2, 3, 5, 4, 2, 3, True, True, 1, buffers(k=1), True)
 
     def test_buffers(self):
         good = buffers()
