@@ -201,6 +201,22 @@ def test_bench_triad(record, rng):
     _TIMES["triad"] = _min_seconds(benchmark)
 
 
+# The arithmetic floor of temporal_weights: its forward+backward does 6 B R N²
+# multiply-adds (f, b; dL; dw), as many as the reference's matrix products,
+# which BLAS runs near the core's peak.  A double-precision matrix product
+# (OPENBLAS_NUM_THREADS=1 under run_all.sh) gives this machine's rate.
+DGEMM_SIZE = 512
+
+
+def test_bench_dgemm(record, rng):
+    a, b = rng.standard_normal((2, DGEMM_SIZE, DGEMM_SIZE))
+    out = np.empty((DGEMM_SIZE, DGEMM_SIZE))
+    benchmark = record(f"dgemm|{DGEMM_SIZE}", "numpy")
+    benchmark.extra_info["flops"] = 2 * DGEMM_SIZE**3
+    result = benchmark(np.matmul, a, b, out=out)
+    np.testing.assert_allclose(result[0, :3], a[0] @ b[:, :3])
+
+
 def bandwidth_floor(triad_seconds, link_step_seconds, B=16, N=1024, itemsize=8,
                     triad_bytes=3 * TRIAD_VALUES * 8):
     """Memory-bandwidth floor of link_step fwd+bwd and the measured ratio to it.

@@ -7,6 +7,7 @@ and in ``extra_info``.
 
 import importlib
 
+import numpy as np
 import pytest
 from autograd import make_vjp
 
@@ -71,3 +72,28 @@ def test_bench(record, rng, op, mode, B, N, H, implementation):
     benchmark = record(f"{op} {mode}|B={B},N={N},H={H}", implementation)
     result = benchmark(run, inputs, cotangent)
     assert result is not None
+
+
+# The read's data at B=16, N=128, W=20 (float64) is 320 KiB per (B, N, W) array
+# and stays in cache between calls.  The bandwidth of a triad a = b + s c on three
+# arrays of that size, in the same run, gives the floor of a memory op there: the
+# bytes its forward+backward must touch / that bandwidth (docs/benchmarks.md).
+CACHE_TRIAD_VALUES = 16 * 128 * W
+
+
+def triad(a, b, c, s=3.0, block=4096):
+    """a = b + s c in blocks (the temporary ``s c`` stays in L1): read b and c, write a."""
+    tmp = np.empty(block)
+    for k in range(0, a.size, block):
+        t = tmp[: min(block, a.size - k)]
+        np.multiply(c[k:k + block], s, out=t)
+        np.add(b[k:k + block], t, out=a[k:k + block])
+    return a
+
+
+def test_bench_triad_in_cache(record, rng):
+    a, b, c = (rng.standard_normal(CACHE_TRIAD_VALUES) for _ in range(3))
+    benchmark = record("triad in cache|3x320KiB", "numpy")
+    benchmark.extra_info["bytes"] = 3 * a.nbytes
+    result = benchmark(triad, a, b, c)
+    np.testing.assert_allclose(result[:5], b[:5] + 3.0 * c[:5])
