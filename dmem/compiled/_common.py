@@ -174,6 +174,24 @@ def saved_arrays(saved, dims):
     return arrays
 
 
+# The op wrappers (dmem.compiled.<module>.X_forward / X_backward) split a call
+# over threads from this many inner-loop steps; the models' BPTT keeps
+# PARALLEL_MIN_WORK.  Measured fwd+bwd at B=16 on 2 cores, one thread against
+# two (2026-12-04): link at N=128 (2**18 steps) 151 vs 279 us, link_step at
+# N=64 (1.25 * 2**18) 137 vs 269 us, read and ntm_address at N=128, H=4
+# (1.25 * 2**18) 92 vs 127 us and 244 vs 282 us; from 2**20 two threads win:
+# temporal_weights at N=128 803 vs 575 us, link_step at N=128 460 vs 380 us.
+OP_PARALLEL_MIN_WORK = 1 << 20
+
+
+def op_threads(batch, work):
+    """Thread count for one kernel call of a compiled op: as :func:`threads`,
+    with the op wrappers' threshold :data:`OP_PARALLEL_MIN_WORK`."""
+    if work < OP_PARALLEL_MIN_WORK:
+        return 1
+    return max(1, min(get_num_threads(), batch))
+
+
 def threads(batch=None, work=None):
     """Thread count for one kernel call: ``dmem.get_num_threads()``, at most one
     per batch row, and one when ``work`` (inner-loop steps) is small."""

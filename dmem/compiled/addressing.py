@@ -27,12 +27,12 @@ as in the reference.
 import numpy as np
 
 from .._kernels import addressing as _kernels
-from ._common import Saved, backward_inputs, forward_inputs, output, threads
+from ._common import Saved, backward_inputs, forward_inputs, op_threads, output
 
 
 def _threads(batch, work):
-    """Thread count for a call (see :func:`dmem.compiled._common.threads`)."""
-    return threads(batch, work)
+    """Thread count for a call (see :func:`dmem.compiled._common.op_threads`)."""
+    return op_threads(batch, work)
 
 
 def _work(batch, length):

@@ -7,7 +7,7 @@ Shapes: ``B`` batch, ``N`` memory slots, ``R`` read heads.  See
 import numpy as np
 
 from .._kernels import allocation as _kernels
-from ._common import Saved, backward_inputs, empty, forward_inputs, threads
+from ._common import Saved, backward_inputs, empty, forward_inputs, op_threads
 
 
 def usage_forward(usage_prev, write_weights_prev, read_weights_prev, free_gates):
@@ -20,7 +20,7 @@ def usage_forward(usage_prev, write_weights_prev, read_weights_prev, free_gates)
         "usage", (usage_prev, write_weights_prev, read_weights_prev, free_gates)
     )
     out = empty((sizes["B"], sizes["N"]), sizes["dtype"])
-    _kernels.usage_forward(*arrays, out, num_threads=threads(sizes["B"], 2 * arrays[2].size))
+    _kernels.usage_forward(*arrays, out, num_threads=op_threads(sizes["B"], 2 * arrays[2].size))
     return out, Saved("usage", arrays, None, sizes)
 
 
@@ -31,7 +31,7 @@ def usage_backward(saved, grad_usage):
                                             ("BN", "BN", "BRN", "BR"))
     grads = tuple(empty(a.shape, a.dtype) for a in arrays)
     _kernels.usage_backward(*arrays, grad_usage, *grads,
-                           num_threads=threads(grad_usage.shape[0], 4 * arrays[2].size))
+                           num_threads=op_threads(grad_usage.shape[0], 4 * arrays[2].size))
     return grads
 
 
@@ -50,7 +50,7 @@ def allocation_forward(usage):
     prefix = empty(shape, sizes["dtype"])
     work = empty(shape, np.int64)
     _kernels.allocation_forward(usage, out, order, prefix, work,
-                                num_threads=threads(sizes["B"], 8 * usage.size))
+                                num_threads=op_threads(sizes["B"], 8 * usage.size))
     return out, Saved("allocation", (usage, order, prefix), None, sizes)
 
 
@@ -63,7 +63,7 @@ def allocation_backward(saved, grad_allocation):
         "allocation", saved, (grad_allocation,), ("BN", "iBN", "BN"))
     grad_usage = empty(usage.shape, usage.dtype)
     _kernels.allocation_backward(usage, order, prefix, grad_allocation, grad_usage,
-                                 num_threads=threads(usage.shape[0], 4 * usage.size))
+                                 num_threads=op_threads(usage.shape[0], 4 * usage.size))
     return (grad_usage,)
 
 

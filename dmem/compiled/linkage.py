@@ -22,12 +22,12 @@ import numpy as np
 
 from .._kernels import linkage as _k
 from .._opspec import OPS
-from ._common import Saved, backward_inputs, empty, forward_inputs, output, threads
+from ._common import Saved, backward_inputs, empty, forward_inputs, op_threads, output
 
 
 def _threads(batch, work):
     """Threads for a kernel call over ``batch`` rows doing ``work`` values in all."""
-    return threads(batch, work)
+    return op_threads(batch, work)
 
 
 _SAVED_DIMS = {name: tuple(dims for _, dims in OPS[name].inputs)
