@@ -132,7 +132,8 @@ def test_bench(record, rng, op, mode, B, N, implementation):
 # The raw kernels with their outputs allocated once (dmem._kernels.linkage): what the
 # DNC's backpropagation through time runs, the link cotangent updated in place.  The
 # op benchmarks above also pay for the page faults of fresh (B, N, N) outputs.
-KERNEL_CASES = [("link", 16, 256), ("link_step", 16, 256), ("link_step", 16, 1024)]
+KERNEL_CASES = [("precedence", 16, 128), ("link", 16, 256), ("link_step", 16, 256),
+                ("link_step", 16, 1024)]
 
 
 def kernel_fn(op, inputs, cots):
@@ -141,7 +142,17 @@ def kernel_fn(op, inputs, cots):
     threads = importlib.import_module("dmem.compiled._common").threads
     L = inputs[0]
     B, N = L.shape[:2]
-    n = threads(B, L.size)
+    n = threads(B, L.size) if L.ndim == 3 else 1
+    if op == "precedence":  # the kernels alone, without the wrapper
+        p, w = inputs
+        new_p, dp, dw = np.empty_like(p), np.empty_like(p), np.empty_like(w)
+
+        def run():
+            kernels.precedence_forward(p, w, new_p, 1)
+            kernels.precedence_backward(p, w, cots[0], dp, dw, 1)
+            return dw
+
+        return run
     out = np.empty_like(L)
     if op == "link":
         _, w, p = inputs

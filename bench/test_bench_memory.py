@@ -74,26 +74,39 @@ def test_bench(record, rng, op, mode, B, N, H, implementation):
     assert result is not None
 
 
-# The read's data at B=16, N=128, W=20 (float64) is 320 KiB per (B, N, W) array
-# and stays in cache between calls.  The bandwidth of a triad a = b + s c on three
-# arrays of that size, in the same run, gives the floor of a memory op there: the
-# bytes its forward+backward must touch / that bandwidth (docs/benchmarks.md).
-CACHE_TRIAD_VALUES = 16 * 128 * W
+# The bandwidth that bounds an op whose data stays in cache between calls: a
+# numpy add a = b + c (read two arrays, write one, one call) on arrays of the
+# size of the op's own, in the same run.  320 KiB: a (B, N, W) memory at B=16,
+# N=128, W=20 (read, write); 2 MiB: a (B, N, N) link at B=16, N=128 (link,
+# temporal_weights).  The floor of an op there is the bytes its forward+backward
+# must touch / that bandwidth (docs/benchmarks.md).
+ADD_SIZES = {"3x320KiB": 16 * 128 * W, "3x2MiB": 16 * 128 * 128}
 
 
-def triad(a, b, c, s=3.0, block=4096):
-    """a = b + s c in blocks (the temporary ``s c`` stays in L1): read b and c, write a."""
-    tmp = np.empty(block)
-    for k in range(0, a.size, block):
-        t = tmp[: min(block, a.size - k)]
-        np.multiply(c[k:k + block], s, out=t)
-        np.add(b[k:k + block], t, out=a[k:k + block])
-    return a
-
-
-def test_bench_triad_in_cache(record, rng):
-    a, b, c = (rng.standard_normal(CACHE_TRIAD_VALUES) for _ in range(3))
-    benchmark = record("triad in cache|3x320KiB", "numpy")
+@pytest.mark.parametrize("size", list(ADD_SIZES))
+def test_bench_add_in_cache(record, rng, size):
+    b, c = (rng.standard_normal(ADD_SIZES[size]) for _ in range(2))
+    a = np.empty_like(b)
+    benchmark = record(f"add in cache|{size}", "numpy")
     benchmark.extra_info["bytes"] = 3 * a.nbytes
-    result = benchmark(triad, a, b, c)
-    np.testing.assert_allclose(result[:5], b[:5] + 3.0 * c[:5])
+    result = benchmark(np.add, b, c, out=a)
+    np.testing.assert_allclose(result[:5], b[:5] + c[:5])
+
+
+# The read's kernels alone, outputs allocated once: what is left of a fwd+bwd
+# pair without the wrapper (validation, saved state, output allocation).
+def test_bench_read_kernels(record, rng):
+    B, N, H = 16, 128, 1
+    kernels = importlib.import_module("dmem._kernels.memory")
+    memory, weights = make_inputs("read", rng, B, N, H)
+    cotangent = rng.standard_normal((B, H, W))
+    reads = np.empty((B, H, W))
+    grad_memory, grad_weights = np.empty_like(memory), np.empty_like(weights)
+
+    def run():
+        kernels.read_forward(memory, weights, reads, 1)
+        kernels.read_backward(memory, weights, cotangent, grad_memory, grad_weights, 1)
+        return grad_memory
+
+    benchmark = record(f"read fwd+bwd kernels|B={B},N={N},H={H}", "compiled")
+    assert benchmark(run) is not None
