@@ -132,7 +132,8 @@ def test_bench(record, rng, op, mode, B, N, implementation):
 # The raw kernels with their outputs allocated once (dmem._kernels.linkage): what the
 # DNC's backpropagation through time runs, the link cotangent updated in place.  The
 # op benchmarks above also pay for the page faults of fresh (B, N, N) outputs.
-KERNEL_CASES = [("link", 16, 256), ("link_step", 16, 256), ("link_step", 16, 1024)]
+KERNEL_CASES = [("precedence", 16, 128), ("link", 16, 256), ("link_step", 16, 256),
+                ("link_step", 16, 1024)]
 
 
 def kernel_fn(op, inputs, cots):
@@ -141,7 +142,17 @@ def kernel_fn(op, inputs, cots):
     threads = importlib.import_module("dmem.compiled._common").threads
     L = inputs[0]
     B, N = L.shape[:2]
-    n = threads(B, L.size)
+    n = threads(B, L.size) if L.ndim == 3 else 1
+    if op == "precedence":  # the kernels alone, without the wrapper
+        p, w = inputs
+        new_p, dp, dw = np.empty_like(p), np.empty_like(p), np.empty_like(w)
+
+        def run():
+            kernels.precedence_forward(p, w, new_p, 1)
+            kernels.precedence_backward(p, w, cots[0], dp, dw, 1)
+            return dw
+
+        return run
     out = np.empty_like(L)
     if op == "link":
         _, w, p = inputs
@@ -199,6 +210,22 @@ def test_bench_triad(record, rng):
     result = benchmark(triad, a, b, c)
     np.testing.assert_allclose(result[:5], b[:5] + 3.0 * c[:5])
     _TIMES["triad"] = _min_seconds(benchmark)
+
+
+# The arithmetic floor of temporal_weights: its forward+backward does 6 B R N²
+# multiply-adds (f, b; dL; dw), as many as the reference's matrix products,
+# which BLAS runs near the core's peak.  A double-precision matrix product
+# (OPENBLAS_NUM_THREADS=1 under run_all.sh) gives this machine's rate.
+DGEMM_SIZE = 512
+
+
+def test_bench_dgemm(record, rng):
+    a, b = rng.standard_normal((2, DGEMM_SIZE, DGEMM_SIZE))
+    out = np.empty((DGEMM_SIZE, DGEMM_SIZE))
+    benchmark = record(f"dgemm|{DGEMM_SIZE}", "numpy")
+    benchmark.extra_info["flops"] = 2 * DGEMM_SIZE**3
+    result = benchmark(np.matmul, a, b, out=out)
+    np.testing.assert_allclose(result[0, :3], a[0] @ b[:, :3])
 
 
 def bandwidth_floor(triad_seconds, link_step_seconds, B=16, N=1024, itemsize=8,

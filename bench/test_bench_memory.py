@@ -7,6 +7,7 @@ and in ``extra_info``.
 
 import importlib
 
+import numpy as np
 import pytest
 from autograd import make_vjp
 
@@ -71,3 +72,41 @@ def test_bench(record, rng, op, mode, B, N, H, implementation):
     benchmark = record(f"{op} {mode}|B={B},N={N},H={H}", implementation)
     result = benchmark(run, inputs, cotangent)
     assert result is not None
+
+
+# The bandwidth that bounds an op whose data stays in cache between calls: a
+# numpy add a = b + c (read two arrays, write one, one call) on arrays of the
+# size of the op's own, in the same run.  320 KiB: a (B, N, W) memory at B=16,
+# N=128, W=20 (read, write); 2 MiB: a (B, N, N) link at B=16, N=128 (link,
+# temporal_weights).  The floor of an op there is the bytes its forward+backward
+# must touch / that bandwidth (docs/benchmarks.md).
+ADD_SIZES = {"3x320KiB": 16 * 128 * W, "3x2MiB": 16 * 128 * 128}
+
+
+@pytest.mark.parametrize("size", list(ADD_SIZES))
+def test_bench_add_in_cache(record, rng, size):
+    b, c = (rng.standard_normal(ADD_SIZES[size]) for _ in range(2))
+    a = np.empty_like(b)
+    benchmark = record(f"add in cache|{size}", "numpy")
+    benchmark.extra_info["bytes"] = 3 * a.nbytes
+    result = benchmark(np.add, b, c, out=a)
+    np.testing.assert_allclose(result[:5], b[:5] + c[:5])
+
+
+# The read's kernels alone, outputs allocated once: what is left of a fwd+bwd
+# pair without the wrapper (validation, saved state, output allocation).
+def test_bench_read_kernels(record, rng):
+    B, N, H = 16, 128, 1
+    kernels = importlib.import_module("dmem._kernels.memory")
+    memory, weights = make_inputs("read", rng, B, N, H)
+    cotangent = rng.standard_normal((B, H, W))
+    reads = np.empty((B, H, W))
+    grad_memory, grad_weights = np.empty_like(memory), np.empty_like(weights)
+
+    def run():
+        kernels.read_forward(memory, weights, reads, 1)
+        kernels.read_backward(memory, weights, cotangent, grad_memory, grad_weights, 1)
+        return grad_memory
+
+    benchmark = record(f"read fwd+bwd kernels|B={B},N={N},H={H}", "compiled")
+    assert benchmark(run) is not None

@@ -18,8 +18,8 @@ import warnings
 BACKENDS = ("compiled", "reference")
 
 # Every compiled module dmem needs; the extension counts as available only if all import.
-KERNEL_MODULES = ("_info", "addressing", "memory", "allocation", "linkage", "ntm_step",
-                  "dnc_step")
+KERNEL_MODULES = ("_info", "_checks", "_pool", "addressing", "memory", "allocation", "linkage",
+                  "ntm_step", "dnc_step")
 
 _state = {"backend": None, "num_threads": None, "warned": False}
 _compiled_error = None

@@ -6,8 +6,9 @@ ndim, that every letter means one size across all inputs, that no axis is
 empty, and the dtype, and returns C-contiguous arrays of one float dtype, so
 that compiled code which runs without bounds checks never sees anything else.
 
-dtype rule: float32 and float64 are accepted; when all inputs are float32 the
-op runs in float32, otherwise in float64.  Integer and boolean arrays (and
+dtype rule: float32 and float64 are accepted (in either byte order; converted
+to the native one); when all inputs are float32 the op runs in float32,
+otherwise in float64.  Integer and boolean arrays (and
 Python lists and scalars) are converted to float64.  Complex, float16, object
 and string inputs raise ``TypeError``.
 """
@@ -42,6 +43,8 @@ def _dtype_of(name, value, op):
     kind = np.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype
     if kind == np.float32 or kind == np.float64:
         return kind
+    if kind.kind == "f" and kind.itemsize in (4, 8):  # the other byte order
+        return kind.newbyteorder("=")
     if kind.kind in "iub":
         return np.dtype(np.float64)
     raise TypeError(

@@ -366,10 +366,17 @@ def content_weights_forward(const floating[:, :, ::1] memory,
     cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
     cdef Py_ssize_t H = keys.shape[1]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _content_weights_row(&memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0],
-                             &weights[b, 0, 0], &cosines[b, 0, 0], &memory_norms[b, 0],
-                             &key_norms[b, 0], &work[b, 0], H, N, W)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _content_weights_row(&memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0],
+                                 &weights[b, 0, 0], &cosines[b, 0, 0], &memory_norms[b, 0],
+                                 &key_norms[b, 0], &work[b, 0], H, N, W)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _content_weights_row(&memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0],
+                                     &weights[b, 0, 0], &cosines[b, 0, 0], &memory_norms[b, 0],
+                                     &key_norms[b, 0], &work[b, 0], H, N, W)
 
 
 cdef void _content_weights_backward_row(const floating* memory, const floating* keys,
@@ -411,12 +418,22 @@ def content_weights_backward(const floating[:, :, ::1] memory,
     cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
     cdef Py_ssize_t H = keys.shape[1]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _content_weights_backward_row(
-            &memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &weights[b, 0, 0],
-            &cosines[b, 0, 0], &memory_norms[b, 0], &key_norms[b, 0], &grad_weights[b, 0, 0],
-            &grad_memory[b, 0, 0], &grad_keys[b, 0, 0], &grad_strengths[b, 0],
-            &work[b, 0], H, N, W)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _content_weights_backward_row(
+                &memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &weights[b, 0, 0],
+                &cosines[b, 0, 0], &memory_norms[b, 0], &key_norms[b, 0], &grad_weights[b, 0, 0],
+                &grad_memory[b, 0, 0], &grad_keys[b, 0, 0], &grad_strengths[b, 0],
+                &work[b, 0], H, N, W)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _content_weights_backward_row(
+                    &memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &weights[b, 0, 0],
+                    &cosines[b, 0, 0], &memory_norms[b, 0], &key_norms[b, 0],
+                    &grad_weights[b, 0, 0],
+                    &grad_memory[b, 0, 0], &grad_keys[b, 0, 0], &grad_strengths[b, 0],
+                    &work[b, 0], H, N, W)
 
 
 # ---------------------------------------------------------------- shift
@@ -446,8 +463,13 @@ def shift_forward(const floating[:, :, ::1] weights,
     cdef Py_ssize_t B = weights.shape[0], H = weights.shape[1], N = weights.shape[2]
     cdef Py_ssize_t S = shifts.shape[2]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _shift_row(&weights[b, 0, 0], &shifts[b, 0, 0], &out[b, 0, 0], &work[b, 0], H, N, S)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _shift_row(&weights[b, 0, 0], &shifts[b, 0, 0], &out[b, 0, 0], &work[b, 0], H, N, S)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _shift_row(&weights[b, 0, 0], &shifts[b, 0, 0], &out[b, 0, 0], &work[b, 0], H, N, S)
 
 
 cdef void _shift_backward_row(const floating* weights, const floating* shifts,
@@ -484,9 +506,16 @@ def shift_backward(const floating[:, :, ::1] weights,
     cdef Py_ssize_t B = weights.shape[0], H = weights.shape[1], N = weights.shape[2]
     cdef Py_ssize_t S = shifts.shape[2]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _shift_backward_row(&weights[b, 0, 0], &shifts[b, 0, 0], &grad_out[b, 0, 0],
-                            &grad_weights[b, 0, 0], &grad_shifts[b, 0, 0], &work[b, 0], H, N, S)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _shift_backward_row(&weights[b, 0, 0], &shifts[b, 0, 0], &grad_out[b, 0, 0],
+                                &grad_weights[b, 0, 0], &grad_shifts[b, 0, 0], &work[b, 0], H, N, S)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _shift_backward_row(&weights[b, 0, 0], &shifts[b, 0, 0], &grad_out[b, 0, 0],
+                                    &grad_weights[b, 0, 0], &grad_shifts[b, 0, 0], &work[b, 0],
+                                    H, N, S)
 
 
 # ---------------------------------------------------------------- sharpen
@@ -515,9 +544,15 @@ def sharpen_forward(const floating[:, :, ::1] weights,
     float64).  ``work`` is (B, 2N)."""
     cdef Py_ssize_t B = weights.shape[0], H = weights.shape[1], N = weights.shape[2]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _sharpen_row(&weights[b, 0, 0], &gamma[b, 0], &out[b, 0, 0], &log_weights[b, 0, 0],
-                     &work[b, 0], H, N)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _sharpen_row(&weights[b, 0, 0], &gamma[b, 0], &out[b, 0, 0], &log_weights[b, 0, 0],
+                         &work[b, 0], H, N)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _sharpen_row(&weights[b, 0, 0], &gamma[b, 0], &out[b, 0, 0], &log_weights[b, 0, 0],
+                             &work[b, 0], H, N)
 
 
 cdef void _sharpen_backward_row(const floating* weights, const floating* gamma,
@@ -552,10 +587,17 @@ def sharpen_backward(const floating[:, :, ::1] weights,
     log-weights.  ``work`` is (B, 3N)."""
     cdef Py_ssize_t B = out.shape[0], H = out.shape[1], N = out.shape[2]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _sharpen_backward_row(&weights[b, 0, 0], &gamma[b, 0], &out[b, 0, 0],
-                              &log_weights[b, 0, 0], &grad_out[b, 0, 0],
-                              &grad_weights[b, 0, 0], &grad_gamma[b, 0], &work[b, 0], H, N)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _sharpen_backward_row(&weights[b, 0, 0], &gamma[b, 0], &out[b, 0, 0],
+                                  &log_weights[b, 0, 0], &grad_out[b, 0, 0],
+                                  &grad_weights[b, 0, 0], &grad_gamma[b, 0], &work[b, 0], H, N)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _sharpen_backward_row(&weights[b, 0, 0], &gamma[b, 0], &out[b, 0, 0],
+                                      &log_weights[b, 0, 0], &grad_out[b, 0, 0],
+                                      &grad_weights[b, 0, 0], &grad_gamma[b, 0], &work[b, 0], H, N)
 
 
 # ---------------------------------------------------------------- ntm_address (fused)
@@ -618,12 +660,21 @@ def ntm_address_forward(const floating[:, :, ::1] memory,
     cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
     cdef Py_ssize_t H = keys.shape[1], S = shifts.shape[2]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _ntm_address_row(&memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &gates[b, 0],
-                         &shifts[b, 0, 0], &gamma[b, 0], &weights_prev[b, 0, 0],
-                         &out[b, 0, 0], &content[b, 0, 0], &cosines[b, 0, 0],
-                         &memory_norms[b, 0], &key_norms[b, 0], &log_weights[b, 0, 0],
-                         &work[b, 0], H, N, W, S)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _ntm_address_row(&memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &gates[b, 0],
+                             &shifts[b, 0, 0], &gamma[b, 0], &weights_prev[b, 0, 0],
+                             &out[b, 0, 0], &content[b, 0, 0], &cosines[b, 0, 0],
+                             &memory_norms[b, 0], &key_norms[b, 0], &log_weights[b, 0, 0],
+                             &work[b, 0], H, N, W, S)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _ntm_address_row(&memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &gates[b, 0],
+                                 &shifts[b, 0, 0], &gamma[b, 0], &weights_prev[b, 0, 0],
+                                 &out[b, 0, 0], &content[b, 0, 0], &cosines[b, 0, 0],
+                                 &memory_norms[b, 0], &key_norms[b, 0], &log_weights[b, 0, 0],
+                                 &work[b, 0], H, N, W, S)
 
 
 cdef void _ntm_address_backward_row(const floating* memory, const floating* keys,
@@ -709,13 +760,26 @@ def ntm_address_backward(const floating[:, :, ::1] memory,
     cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
     cdef Py_ssize_t H = keys.shape[1], S = shifts.shape[2]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _ntm_address_backward_row(
-            &memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &gates[b, 0],
-            &shifts[b, 0, 0], &gamma[b, 0], &weights_prev[b, 0, 0], &out[b, 0, 0],
-            &content[b, 0, 0],
-            &cosines[b, 0, 0], &memory_norms[b, 0], &key_norms[b, 0],
-            &log_weights[b, 0, 0], &grad_out[b, 0, 0],
-            &grad_memory[b, 0, 0], &grad_keys[b, 0, 0], &grad_strengths[b, 0],
-            &grad_gates[b, 0], &grad_shifts[b, 0, 0], &grad_gamma[b, 0],
-            &grad_weights_prev[b, 0, 0], &work[b, 0], H, N, W, S)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _ntm_address_backward_row(
+                &memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &gates[b, 0],
+                &shifts[b, 0, 0], &gamma[b, 0], &weights_prev[b, 0, 0], &out[b, 0, 0],
+                &content[b, 0, 0],
+                &cosines[b, 0, 0], &memory_norms[b, 0], &key_norms[b, 0],
+                &log_weights[b, 0, 0], &grad_out[b, 0, 0],
+                &grad_memory[b, 0, 0], &grad_keys[b, 0, 0], &grad_strengths[b, 0],
+                &grad_gates[b, 0], &grad_shifts[b, 0, 0], &grad_gamma[b, 0],
+                &grad_weights_prev[b, 0, 0], &work[b, 0], H, N, W, S)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _ntm_address_backward_row(
+                    &memory[b, 0, 0], &keys[b, 0, 0], &strengths[b, 0], &gates[b, 0],
+                    &shifts[b, 0, 0], &gamma[b, 0], &weights_prev[b, 0, 0], &out[b, 0, 0],
+                    &content[b, 0, 0],
+                    &cosines[b, 0, 0], &memory_norms[b, 0], &key_norms[b, 0],
+                    &log_weights[b, 0, 0], &grad_out[b, 0, 0],
+                    &grad_memory[b, 0, 0], &grad_keys[b, 0, 0], &grad_strengths[b, 0],
+                    &grad_gates[b, 0], &grad_shifts[b, 0, 0], &grad_gamma[b, 0],
+                    &grad_weights_prev[b, 0, 0], &work[b, 0], H, N, W, S)

@@ -50,9 +50,15 @@ def usage_forward(const floating[:, ::1] usage_prev, const floating[:, ::1] writ
     cdef Py_ssize_t B = usage_prev.shape[0], N = usage_prev.shape[1]
     cdef Py_ssize_t R = read_weights_prev.shape[1]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _usage_row(&usage_prev[b, 0], &write_weights_prev[b, 0], &read_weights_prev[b, 0, 0],
-                   &free_gates[b, 0], &usage[b, 0], N, R)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _usage_row(&usage_prev[b, 0], &write_weights_prev[b, 0], &read_weights_prev[b, 0, 0],
+                       &free_gates[b, 0], &usage[b, 0], N, R)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _usage_row(&usage_prev[b, 0], &write_weights_prev[b, 0],
+                           &read_weights_prev[b, 0, 0], &free_gates[b, 0], &usage[b, 0], N, R)
 
 
 cdef inline void _usage_backward_row(const floating* usage_prev, const floating* write_prev,
@@ -117,11 +123,20 @@ def usage_backward(const floating[:, ::1] usage_prev, const floating[:, ::1] wri
     cdef Py_ssize_t B = usage_prev.shape[0], N = usage_prev.shape[1]
     cdef Py_ssize_t R = read_weights_prev.shape[1]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _usage_backward_row(&usage_prev[b, 0], &write_weights_prev[b, 0],
-                            &read_weights_prev[b, 0, 0], &free_gates[b, 0], &grad_usage[b, 0],
-                            &grad_usage_prev[b, 0], &grad_write_weights_prev[b, 0],
-                            &grad_read_weights_prev[b, 0, 0], &grad_free_gates[b, 0], N, R)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _usage_backward_row(&usage_prev[b, 0], &write_weights_prev[b, 0],
+                                &read_weights_prev[b, 0, 0], &free_gates[b, 0], &grad_usage[b, 0],
+                                &grad_usage_prev[b, 0], &grad_write_weights_prev[b, 0],
+                                &grad_read_weights_prev[b, 0, 0], &grad_free_gates[b, 0], N, R)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _usage_backward_row(&usage_prev[b, 0], &write_weights_prev[b, 0],
+                                    &read_weights_prev[b, 0, 0], &free_gates[b, 0],
+                                    &grad_usage[b, 0],
+                                    &grad_usage_prev[b, 0], &grad_write_weights_prev[b, 0],
+                                    &grad_read_weights_prev[b, 0, 0], &grad_free_gates[b, 0], N, R)
 
 
 # ---------------------------------------------------------------- allocation
@@ -236,9 +251,15 @@ def allocation_forward(const floating[:, ::1] usage, floating[:, ::1] allocation
     """
     cdef Py_ssize_t B = usage.shape[0], N = usage.shape[1]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _allocation_row(&usage[b, 0], &allocation[b, 0], &order[b, 0], &prefix[b, 0],
-                        &work[b, 0], N)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _allocation_row(&usage[b, 0], &allocation[b, 0], &order[b, 0], &prefix[b, 0],
+                            &work[b, 0], N)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _allocation_row(&usage[b, 0], &allocation[b, 0], &order[b, 0], &prefix[b, 0],
+                                &work[b, 0], N)
 
 
 cdef inline void _allocation_backward_row(const floating* usage, const int64_t* order,
@@ -271,9 +292,15 @@ def allocation_backward(const floating[:, ::1] usage, const int64_t[:, ::1] orde
     """Gradient of usage (B, N) from grad_allocation (B, N); φ held constant."""
     cdef Py_ssize_t B = usage.shape[0], N = usage.shape[1]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _allocation_backward_row(&usage[b, 0], &order[b, 0], &prefix[b, 0],
-                                 &grad_allocation[b, 0], &grad_usage[b, 0], N)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _allocation_backward_row(&usage[b, 0], &order[b, 0], &prefix[b, 0],
+                                     &grad_allocation[b, 0], &grad_usage[b, 0], N)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _allocation_backward_row(&usage[b, 0], &order[b, 0], &prefix[b, 0],
+                                         &grad_allocation[b, 0], &grad_usage[b, 0], N)
 
 
 # ---------------------------------------------------------------- write weighting (fused)

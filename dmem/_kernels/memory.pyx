@@ -55,8 +55,13 @@ def read_forward(const floating[:, :, ::1] memory, const floating[:, :, ::1] wei
     cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
     cdef Py_ssize_t H = weights.shape[1]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _read_row(&memory[b, 0, 0], &weights[b, 0, 0], &reads[b, 0, 0], N, H, W)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _read_row(&memory[b, 0, 0], &weights[b, 0, 0], &reads[b, 0, 0], N, H, W)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _read_row(&memory[b, 0, 0], &weights[b, 0, 0], &reads[b, 0, 0], N, H, W)
 
 
 cdef void _read_backward_row(const floating* memory, const floating* weights,
@@ -91,9 +96,15 @@ def read_backward(const floating[:, :, ::1] memory, const floating[:, :, ::1] we
     cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
     cdef Py_ssize_t H = weights.shape[1]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _read_backward_row(&memory[b, 0, 0], &weights[b, 0, 0], &grad_reads[b, 0, 0],
-                           &grad_memory[b, 0, 0], &grad_weights[b, 0, 0], N, H, W)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _read_backward_row(&memory[b, 0, 0], &weights[b, 0, 0], &grad_reads[b, 0, 0],
+                               &grad_memory[b, 0, 0], &grad_weights[b, 0, 0], N, H, W)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _read_backward_row(&memory[b, 0, 0], &weights[b, 0, 0], &grad_reads[b, 0, 0],
+                                   &grad_memory[b, 0, 0], &grad_weights[b, 0, 0], N, H, W)
 
 
 # ---------------------------------------------------------------- write
@@ -133,9 +144,15 @@ def write_forward(const floating[:, :, ::1] memory, const floating[:, :, ::1] we
     cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
     cdef Py_ssize_t H = weights.shape[1]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _write_row(&memory[b, 0, 0], &weights[b, 0, 0], &erase[b, 0, 0], &add[b, 0, 0],
-                   &out[b, 0, 0], N, H, W)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _write_row(&memory[b, 0, 0], &weights[b, 0, 0], &erase[b, 0, 0], &add[b, 0, 0],
+                       &out[b, 0, 0], N, H, W)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _write_row(&memory[b, 0, 0], &weights[b, 0, 0], &erase[b, 0, 0], &add[b, 0, 0],
+                           &out[b, 0, 0], N, H, W)
 
 
 cdef void _write_backward_row(const floating* memory, const floating* weights,
@@ -222,8 +239,16 @@ def write_backward(const floating[:, :, ::1] memory, const floating[:, :, ::1] w
     cdef Py_ssize_t B = memory.shape[0], N = memory.shape[1], W = memory.shape[2]
     cdef Py_ssize_t H = weights.shape[1]
     cdef Py_ssize_t b
-    for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        _write_backward_row(&memory[b, 0, 0], &weights[b, 0, 0], &erase[b, 0, 0],
-                            &add[b, 0, 0], &grad_out[b, 0, 0], &grad_memory[b, 0, 0],
-                            &grad_weights[b, 0, 0], &grad_erase[b, 0, 0],
-                            &grad_add[b, 0, 0], &work[b, 0, 0], N, H, W)
+    if num_threads > 1:
+        for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
+            _write_backward_row(&memory[b, 0, 0], &weights[b, 0, 0], &erase[b, 0, 0],
+                                &add[b, 0, 0], &grad_out[b, 0, 0], &grad_memory[b, 0, 0],
+                                &grad_weights[b, 0, 0], &grad_erase[b, 0, 0],
+                                &grad_add[b, 0, 0], &work[b, 0, 0], N, H, W)
+    else:  # no OpenMP team for one thread (about 0.7 us a call)
+        with nogil:
+            for b in range(B):
+                _write_backward_row(&memory[b, 0, 0], &weights[b, 0, 0], &erase[b, 0, 0],
+                                    &add[b, 0, 0], &grad_out[b, 0, 0], &grad_memory[b, 0, 0],
+                                    &grad_weights[b, 0, 0], &grad_erase[b, 0, 0],
+                                    &grad_add[b, 0, 0], &work[b, 0, 0], N, H, W)

@@ -27,12 +27,12 @@ as in the reference.
 import numpy as np
 
 from .._kernels import addressing as _kernels
-from ._common import Saved, backward_grads, forward_inputs, saved_arrays, threads
+from ._common import Saved, backward_inputs, forward_inputs, op_threads, output
 
 
 def _threads(batch, work):
-    """Thread count for a call (see :func:`dmem.compiled._common.threads`)."""
-    return threads(batch, work)
+    """Thread count for a call (see :func:`dmem.compiled._common.op_threads`)."""
+    return op_threads(batch, work)
 
 
 def _work(batch, length):
@@ -59,7 +59,7 @@ def content_weights_forward(memory, keys, strengths):
         _work(B, 2 * N), _threads(B, B * H * N * W))
     saved = Saved("content_weights",
                   (memory, keys, strengths, weights, cosines, memory_norms, key_norms),
-                  [weights], sizes)
+                  None, sizes)
     return weights, saved
 
 
@@ -68,11 +68,11 @@ def content_weights_backward(saved, grad_weights):
 
     ``grad_weights`` `(B, H, N)` is the gradient of the weighting (``None`` for zero).
     """
-    (grad,) = backward_grads("content_weights", saved, (grad_weights,))
-    memory, keys, strengths, weights, cosines, memory_norms, key_norms = saved_arrays(
-        saved, ("BNW", "BHW", "BH", "BHN", "BHN", "BN", "BH"))
+    (grad,), arrays = backward_inputs("content_weights", saved, (grad_weights,),
+                                      ("BNW", "BHW", "BH", "BHN", "BHN", "BN", "BH"))
+    memory, keys, strengths, weights, cosines, memory_norms, key_norms = arrays
     B, N, W, H, dtype = (saved.sizes[k] for k in ("B", "N", "W", "H", "dtype"))
-    grad_memory = np.empty((B, N, W), dtype=dtype)
+    grad_memory = output((B, N, W), dtype)
     grad_keys = np.empty((B, H, W), dtype=dtype)
     grad_strengths = np.empty((B, H), dtype=dtype)
     _kernels.content_weights_backward(
@@ -93,7 +93,7 @@ def shift_forward(weights, shifts):
     B, N, H, S, dtype = sizes["B"], sizes["N"], sizes["H"], sizes["S"], sizes["dtype"]
     out = np.empty((B, H, N), dtype=dtype)
     _kernels.shift_forward(weights, shifts, out, _work(B, 2 * N + S), _threads(B, B * H * N * S))
-    return out, Saved("shift", (weights, shifts), [out], sizes)
+    return out, Saved("shift", (weights, shifts), None, sizes)
 
 
 def shift_backward(saved, grad_weights):
@@ -101,8 +101,7 @@ def shift_backward(saved, grad_weights):
 
     ``grad_weights`` `(B, H, N)` is the gradient of the output (``None`` for zero).
     """
-    (grad,) = backward_grads("shift", saved, (grad_weights,))
-    weights, shifts = saved_arrays(saved, ("BHN", "BHS"))
+    (grad,), (weights, shifts) = backward_inputs("shift", saved, (grad_weights,), ("BHN", "BHS"))
     B, N, H, S, dtype = (saved.sizes[k] for k in ("B", "N", "H", "S", "dtype"))
     grad_w = np.empty((B, H, N), dtype=dtype)
     grad_s = np.empty((B, H, S), dtype=dtype)
@@ -125,7 +124,7 @@ def sharpen_forward(weights, gamma):
     log_weights = np.empty((B, H, N), dtype=np.float64)
     _kernels.sharpen_forward(weights, gamma, out, log_weights, _work(B, 2 * N),
                              _threads(B, 16 * B * H * N))
-    return out, Saved("sharpen", (weights, gamma, out, log_weights), [out], sizes)
+    return out, Saved("sharpen", (weights, gamma, out, log_weights), None, sizes)
 
 
 def sharpen_backward(saved, grad_weights):
@@ -133,8 +132,8 @@ def sharpen_backward(saved, grad_weights):
 
     ``grad_weights`` `(B, H, N)` is the gradient of the output (``None`` for zero).
     """
-    (grad,) = backward_grads("sharpen", saved, (grad_weights,))
-    weights, gamma, out, log_weights = saved_arrays(saved, ("BHN", "BH", "BHN", "BHN"))
+    (grad,), (weights, gamma, out, log_weights) = backward_inputs(
+        "sharpen", saved, (grad_weights,), ("BHN", "BH", "BHN", "dBHN"))
     B, N, H, dtype = (saved.sizes[k] for k in ("B", "N", "H", "dtype"))
     grad_w = np.empty((B, H, N), dtype=dtype)
     grad_gamma = np.empty((B, H), dtype=dtype)
@@ -166,7 +165,7 @@ def ntm_address_forward(memory, keys, strengths, gates, shifts, gamma, weights_p
         _work(B, 4 * N + S), _threads(B, B * H * N * (W + S + 16)))
     saved = Saved("ntm_address",
                   (*inputs, out, content, cosines, memory_norms, key_norms, log_weights),
-                  [out], sizes)
+                  None, sizes)
     return out, saved
 
 
@@ -176,10 +175,12 @@ def ntm_address_backward(saved, grad_weights):
 
     ``grad_weights`` `(B, H, N)` is the gradient of the output (``None`` for zero).
     """
-    (grad,) = backward_grads("ntm_address", saved, (grad_weights,))
+    (grad,), arrays = backward_inputs(
+        "ntm_address", saved, (grad_weights,),
+        ("BNW", "BHW", "BH", "BH", "BHS", "BH", "BHN", "BHN", "BHN", "BHN", "BN", "BH", "dBHN"))
     B, N, W, H, S, dtype = (saved.sizes[k] for k in ("B", "N", "W", "H", "S", "dtype"))
     grads = (
-        np.empty((B, N, W), dtype=dtype),  # memory
+        output((B, N, W), dtype),          # memory
         np.empty((B, H, W), dtype=dtype),  # keys
         np.empty((B, H), dtype=dtype),     # strengths
         np.empty((B, H), dtype=dtype),     # gates
@@ -187,8 +188,6 @@ def ntm_address_backward(saved, grad_weights):
         np.empty((B, H), dtype=dtype),     # gamma
         np.empty((B, H, N), dtype=dtype),  # weights_prev
     )
-    arrays = saved_arrays(saved, ("BNW", "BHW", "BH", "BH", "BHS", "BH", "BHN",
-                                  "BHN", "BHN", "BHN", "BN", "BH", "BHN"))
     _kernels.ntm_address_backward(
         *arrays, grad, *grads, _work(B, 7 * N + 2 * S + W),
         _threads(B, B * H * N * (W + 2 * S + 8)))

@@ -7,7 +7,9 @@ Shapes: ``B`` batch, ``N`` memory slots, ``R`` read heads.  See
 import numpy as np
 
 from .._kernels import allocation as _kernels
-from ._common import Saved, backward_grads, empty, forward_inputs, saved_arrays, threads
+from ._common import Saved, backward_inputs, empty, forward_inputs, op_threads
+
+
 def usage_forward(usage_prev, write_weights_prev, read_weights_prev, free_gates):
     """Usage ``u = (u_prev + w − u_prev ∘ w) ∘ Π_r (1 − f_r w_r)`` (DNC Methods).
 
@@ -18,18 +20,18 @@ def usage_forward(usage_prev, write_weights_prev, read_weights_prev, free_gates)
         "usage", (usage_prev, write_weights_prev, read_weights_prev, free_gates)
     )
     out = empty((sizes["B"], sizes["N"]), sizes["dtype"])
-    _kernels.usage_forward(*arrays, out, num_threads=threads(sizes["B"], 2 * arrays[2].size))
-    return out, Saved("usage", arrays, [out], sizes)
+    _kernels.usage_forward(*arrays, out, num_threads=op_threads(sizes["B"], 2 * arrays[2].size))
+    return out, Saved("usage", arrays, None, sizes)
 
 
 def usage_backward(saved, grad_usage):
     """Gradients of ``usage``: grad_usage `(B, N)` -> (usage_prev `(B, N)`,
     write_weights_prev `(B, N)`, read_weights_prev `(B, R, N)`, free_gates `(B, R)`)."""
-    (grad_usage,) = backward_grads("usage", saved, (grad_usage,))
-    arrays = saved_arrays(saved, ("BN", "BN", "BRN", "BR"))
+    (grad_usage,), arrays = backward_inputs("usage", saved, (grad_usage,),
+                                            ("BN", "BN", "BRN", "BR"))
     grads = tuple(empty(a.shape, a.dtype) for a in arrays)
     _kernels.usage_backward(*arrays, grad_usage, *grads,
-                           num_threads=threads(grad_usage.shape[0], 4 * arrays[2].size))
+                           num_threads=op_threads(grad_usage.shape[0], 4 * arrays[2].size))
     return grads
 
 
@@ -48,8 +50,8 @@ def allocation_forward(usage):
     prefix = empty(shape, sizes["dtype"])
     work = empty(shape, np.int64)
     _kernels.allocation_forward(usage, out, order, prefix, work,
-                                num_threads=threads(sizes["B"], 8 * usage.size))
-    return out, Saved("allocation", [usage, order, prefix], [out], sizes)
+                                num_threads=op_threads(sizes["B"], 8 * usage.size))
+    return out, Saved("allocation", (usage, order, prefix), None, sizes)
 
 
 def allocation_backward(saved, grad_allocation):
@@ -57,11 +59,11 @@ def allocation_backward(saved, grad_allocation):
 
     A suffix recursion over the sorted order; no division by the usage.
     """
-    (grad_allocation,) = backward_grads("allocation", saved, (grad_allocation,))
-    usage, order, prefix = saved_arrays(saved, ("BN", "BN", "BN"))
+    (grad_allocation,), (usage, order, prefix) = backward_inputs(
+        "allocation", saved, (grad_allocation,), ("BN", "iBN", "BN"))
     grad_usage = empty(usage.shape, usage.dtype)
     _kernels.allocation_backward(usage, order, prefix, grad_allocation, grad_usage,
-                                 num_threads=threads(usage.shape[0], 4 * usage.size))
+                                 num_threads=op_threads(usage.shape[0], 4 * usage.size))
     return (grad_usage,)
 
 

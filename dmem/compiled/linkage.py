@@ -7,26 +7,36 @@ those of :mod:`dmem.reference.linkage` (DNC Methods, temporal memory linkage).
 The diagonal of the link matrix is the constant 0: its cotangent is ignored
 and the diagonal of ``link_prev`` gets a zero gradient.
 
-The saved state refers to the inputs without copying them (read-only views):
-a `(B, N, N)` link matrix is large, and the DNC never modifies its previous
-state.  Do not write into an input between a forward and its backward.
+The saved state refers to the inputs without copying them: a `(B, N, N)`
+link matrix is large, and the DNC never modifies its previous state.  Do not
+write into an input between a forward and its backward.
+
+The `(B, N, N)` outputs (the new link, the gradients of ``link_prev`` and of
+``link``) are recycled arrays when large (``dmem.compiled._common.output``):
+an array is written again only once nothing outside the pool refers to it, so
+keeping an output keeps it intact.  ``out_link=`` / ``out_grad_link_prev=``
+still write into a buffer of the caller's.
 """
 
 import numpy as np
 
 from .._kernels import linkage as _k
 from .._opspec import OPS
-from ._common import Saved, backward_grads, empty, forward_inputs, saved_arrays, threads
+from ._common import Saved, backward_inputs, empty, forward_inputs, op_threads, output
 
 
 def _threads(batch, work):
     """Threads for a kernel call over ``batch`` rows doing ``work`` values in all."""
-    return threads(batch, work)
+    return op_threads(batch, work)
 
 
-def _saved_inputs(name, saved):
-    """The inputs kept by ``name``'s forward, checked against the saved sizes."""
-    return saved_arrays(saved, [dims for _, dims in OPS[name].inputs])
+_SAVED_DIMS = {name: tuple(dims for _, dims in OPS[name].inputs)
+               for name in ("precedence", "link", "temporal_weights", "link_step")}
+
+
+def _backward_inputs(name, saved, grads):
+    """The output gradients and the inputs kept by ``name``'s forward, checked."""
+    return backward_inputs(name, saved, grads, _SAVED_DIMS[name])
 
 
 def precedence_forward(precedence_prev, write_weights):
@@ -38,13 +48,12 @@ def precedence_forward(precedence_prev, write_weights):
     (pp, w), sizes = forward_inputs("precedence", (precedence_prev, write_weights))
     p = empty(pp.shape, sizes["dtype"])
     _k.precedence_forward(pp, w, p, num_threads=_threads(pp.shape[0], pp.size))
-    return p, Saved("precedence", [pp, w], [p], sizes)
+    return p, Saved("precedence", (pp, w), None, sizes)
 
 
 def precedence_backward(saved, grad_precedence):
     """Gradients of ``precedence``: ``(grad_precedence_prev, grad_write_weights)``, each `(B, N)`."""
-    (dp,) = backward_grads("precedence", saved, (grad_precedence,))
-    pp, w = _saved_inputs("precedence", saved)
+    (dp,), (pp, w) = _backward_inputs("precedence", saved, (grad_precedence,))
     dpp = empty(pp.shape, pp.dtype)
     dw = empty(pp.shape, pp.dtype)
     _k.precedence_backward(pp, w, dp, dpp, dw, num_threads=_threads(pp.shape[0], pp.size))
@@ -60,23 +69,22 @@ def link_forward(link_prev, write_weights, precedence_prev, *, out_link=None):
     """
     (lp, w, pp), sizes = forward_inputs("link", (link_prev, write_weights, precedence_prev))
     if out_link is None:
-        link = empty(lp.shape, sizes["dtype"])
+        link = output(lp.shape, sizes["dtype"])
     else:
         link = _out_array("link_forward", "out_link", out_link, lp.shape, sizes["dtype"],
                           (lp, w, pp))
     _k.link_forward(lp, w, pp, link, num_threads=_threads(lp.shape[0], lp.size))
-    return link, Saved("link", [lp, w, pp], [link], sizes)
+    return link, Saved("link", (lp, w, pp), None, sizes)
 
 
 def link_backward(saved, grad_link, *, out_grad_link_prev=None):
     """Gradients of ``link``: ``(grad_link_prev (B, N, N), grad_write_weights (B, N),
     grad_precedence_prev (B, N))``.  The diagonal of ``grad_link`` is ignored.
     ``out_grad_link_prev``: as in :func:`link_step_backward`."""
-    (dl,) = backward_grads("link", saved, (grad_link,))
-    lp, w, pp = _saved_inputs("link", saved)
+    (dl,), (lp, w, pp) = _backward_inputs("link", saved, (grad_link,))
     B, N = w.shape
     if out_grad_link_prev is None:
-        dlp = empty(lp.shape, lp.dtype)
+        dlp = output(lp.shape, lp.dtype)
     else:
         dlp = _out_array("link_backward", "out_grad_link_prev", out_grad_link_prev,
                          lp.shape, lp.dtype, (lp, w, pp, dl))
@@ -97,15 +105,15 @@ def temporal_weights_forward(link, read_weights_prev):
     bw = empty(wr.shape, sizes["dtype"])
     _k.temporal_weights_forward(L, wr, f, bw,
                                 num_threads=_threads(L.shape[0], L.size * wr.shape[1]))
-    return (f, bw), Saved("temporal_weights", [L, wr], [f, bw], sizes)
+    return (f, bw), Saved("temporal_weights", (L, wr), None, sizes)
 
 
 def temporal_weights_backward(saved, grad_forward_weights, grad_backward_weights):
     """Gradients of ``temporal_weights``: ``(grad_link (B, N, N), grad_read_weights_prev (B, R, N))``."""
-    df, db = backward_grads("temporal_weights", saved, (grad_forward_weights, grad_backward_weights))
-    L, wr = _saved_inputs("temporal_weights", saved)
+    (df, db), (L, wr) = _backward_inputs("temporal_weights", saved,
+                                         (grad_forward_weights, grad_backward_weights))
     B, R, N = wr.shape
-    dL = empty(L.shape, L.dtype)
+    dL = output(L.shape, L.dtype)
     dwr = empty(wr.shape, L.dtype)
     _k.temporal_weights_backward(L, wr, df, db, dL, dwr, num_threads=_threads(B, L.size * R))
     return dL, dwr
@@ -149,7 +157,7 @@ def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_pr
     )
     dtype = sizes["dtype"]
     if out_link is None:
-        link = empty(lp.shape, dtype)
+        link = output(lp.shape, dtype)
     else:
         link = _out_array("link_step_forward", "out_link", out_link, lp.shape, dtype,
                           (lp, pp, w, wr))
@@ -160,7 +168,7 @@ def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_pr
                          num_threads=_threads(lp.shape[0], lp.size * (1 + wr.shape[1])))
     outputs = (link, p, f, bw)
     # The backward recomputes rows of the new link from link_prev: link is not kept.
-    return outputs, Saved("link_step", [lp, pp, w, wr], outputs, sizes)
+    return outputs, Saved("link_step", (lp, pp, w, wr), None, sizes)
 
 
 def link_step_backward(saved, grad_link, grad_precedence, grad_forward_weights,
@@ -173,14 +181,13 @@ def link_step_backward(saved, grad_link, grad_precedence, grad_forward_weights,
     ``link_prev``'s shape and dtype to write its gradient into (returned
     first); it must not share memory with the saved arrays or the gradients.
     """
-    dl, dp, df, db = backward_grads(
+    (dl, dp, df, db), (lp, pp, w, wr) = _backward_inputs(
         "link_step", saved, (grad_link, grad_precedence, grad_forward_weights, grad_backward_weights)
     )
-    lp, pp, w, wr = _saved_inputs("link_step", saved)
     B, R, N = wr.shape
     dtype = lp.dtype
     if out_grad_link_prev is None:
-        dlp = empty(lp.shape, dtype)
+        dlp = output(lp.shape, dtype)
     else:
         dlp = _out_array("link_step_backward", "out_grad_link_prev", out_grad_link_prev,
                          lp.shape, dtype, (lp, pp, w, wr, dl, dp, df, db))

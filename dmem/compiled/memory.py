@@ -5,7 +5,9 @@ Shapes: ``B`` batch, ``N`` memory slots, ``W`` word size, ``H`` heads.  See
 """
 
 from .._kernels import memory as _kernels
-from ._common import Saved, backward_grads, empty, forward_inputs, saved_arrays, threads
+from ._common import Saved, backward_inputs, empty, forward_inputs, op_threads, output
+
+
 def read_forward(memory, weights):
     """Read vectors ``r_h = Σ_i w_{h,i} M_i``.
 
@@ -14,18 +16,19 @@ def read_forward(memory, weights):
     arrays, sizes = forward_inputs("read", (memory, weights))
     memory, weights = arrays
     reads = empty((sizes["B"], sizes["H"], sizes["W"]), sizes["dtype"])
-    _kernels.read_forward(memory, weights, reads, num_threads=threads(sizes["B"], reads.size * sizes["N"]))
-    return reads, Saved("read", arrays, [reads], sizes)
+    _kernels.read_forward(memory, weights, reads,
+                          num_threads=op_threads(sizes["B"], reads.size * sizes["N"]))
+    return reads, Saved("read", arrays, None, sizes)
 
 
 def read_backward(saved, grad_reads):
     """Gradients of ``read``: grad_reads `(B, H, W)` -> (memory `(B, N, W)`, weights `(B, H, N)`)."""
-    (grad_reads,) = backward_grads("read", saved, (grad_reads,))
-    memory, weights = saved_arrays(saved, ("BNW", "BHN"))
-    grad_memory = empty(memory.shape, memory.dtype)
+    (grad_reads,), (memory, weights) = backward_inputs("read", saved, (grad_reads,), ("BNW", "BHN"))
+    grad_memory = output(memory.shape, memory.dtype)
     grad_weights = empty(weights.shape, weights.dtype)
     _kernels.read_backward(memory, weights, grad_reads, grad_memory, grad_weights,
-                           num_threads=threads(memory.shape[0], 2 * weights.size * memory.shape[2]))
+                           num_threads=op_threads(memory.shape[0],
+                                                  2 * weights.size * memory.shape[2]))
     return grad_memory, grad_weights
 
 
@@ -37,27 +40,28 @@ def write_forward(memory, weights, erase, add):
     """
     arrays, sizes = forward_inputs("write", (memory, weights, erase, add))
     memory, weights, erase, add = arrays
-    out = empty(memory.shape, sizes["dtype"])
+    out = output(memory.shape, sizes["dtype"])
     _kernels.write_forward(memory, weights, erase, add, out,
-                          num_threads=threads(sizes["B"], 2 * weights.size * sizes["W"]))
-    return out, Saved("write", arrays, [out], sizes)
+                          num_threads=op_threads(sizes["B"], 2 * weights.size * sizes["W"]))
+    return out, Saved("write", arrays, None, sizes)
 
 
 def write_backward(saved, grad_memory):
     """Gradients of ``write``: grad_memory `(B, N, W)` -> (memory `(B, N, W)`,
     weights `(B, H, N)`, erase `(B, H, W)`, add `(B, H, W)`)."""
-    (grad_out,) = backward_grads("write", saved, (grad_memory,))
-    memory, weights, erase, add = saved_arrays(saved, ("BNW", "BHN", "BHW", "BHW"))
+    (grad_out,), (memory, weights, erase, add) = backward_inputs(
+        "write", saved, (grad_memory,), ("BNW", "BHN", "BHW", "BHW"))
     dtype = memory.dtype
     grads = (
-        empty(memory.shape, dtype),
+        output(memory.shape, dtype),
         empty(weights.shape, dtype),
         empty(erase.shape, dtype),
         empty(add.shape, dtype),
     )
     work = empty((erase.shape[0], erase.shape[1] + 1, erase.shape[2]), dtype)
     _kernels.write_backward(memory, weights, erase, add, grad_out, *grads, work,
-                            num_threads=threads(memory.shape[0], 6 * weights.size * memory.shape[2]))
+                            num_threads=op_threads(memory.shape[0],
+                                                   6 * weights.size * memory.shape[2]))
     return grads
 
 

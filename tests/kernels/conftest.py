@@ -8,3 +8,4 @@ from dmem.compiled import _common
 @pytest.fixture(autouse=True)
 def _parallel_even_when_small(monkeypatch):
     monkeypatch.setattr(_common, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_common, "OP_PARALLEL_MIN_WORK", 0)

@@ -233,11 +233,11 @@ def test_autograd_through_the_compiled_primitive(name):
 # ---------------------------------------------------------------- determinism, mutation, layouts
 
 def test_thread_count_per_call(monkeypatch):
-    monkeypatch.setattr(_common, "PARALLEL_MIN_WORK", 16384)
+    monkeypatch.setattr(_common, "OP_PARALLEL_MIN_WORK", 16384)
     dmem.set_num_threads(2)
     assert cad._threads(7, 10**6) == 2
     assert cad._threads(1, 10**6) == 1  # one thread per batch row at most
-    assert cad._threads(7, _common.PARALLEL_MIN_WORK - 1) == 1  # too small to split
+    assert cad._threads(7, _common.OP_PARALLEL_MIN_WORK - 1) == 1  # too small to split
     dmem.set_num_threads(1)
     assert cad._threads(7, 10**6) == 1
 
@@ -246,7 +246,7 @@ def test_thread_count_per_call(monkeypatch):
 @pytest.mark.parametrize("min_work", [0, 16384])
 def test_one_and_two_threads_bitwise_identical(name, min_work, monkeypatch):
     if min_work is not None:  # 0: the parallel path (the default in tests/kernels); None: the rule
-        monkeypatch.setattr(_common, "PARALLEL_MIN_WORK", min_work)
+        monkeypatch.setattr(_common, "OP_PARALLEL_MIN_WORK", min_work)
     rng = np.random.default_rng(9)
     args = args_of(name, make_inputs(rng, B=7, N=33, W=5, H=3, S=5))
     cot = rng.normal(size=(7, 3, 33))

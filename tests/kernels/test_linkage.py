@@ -292,7 +292,7 @@ def test_saved_state_does_not_copy_the_link_matrix():
 @pytest.mark.parametrize("min_work", [0, 16384])
 def test_one_and_two_threads_are_bitwise_identical(name, min_work, monkeypatch):
     # 0: both threads whatever the size (the default in tests/kernels); 16384: the rule
-    monkeypatch.setattr(_common, "PARALLEL_MIN_WORK", min_work)
+    monkeypatch.setattr(_common, "OP_PARALLEL_MIN_WORK", min_work)
     rng = np.random.default_rng(6)
     inputs = make_inputs(name, rng, B=5, N=40 if name != "precedence" else 9000, R=4)
     cots = cotangents(name, rng, inputs)
