@@ -15,7 +15,8 @@ variable or container, a numpy view (its ``base``), a buffer export
 (``memoryview``, a Cython typed memoryview, ``numpy.frombuffer``), the
 arguments of a running call, the saved state of a forward.  The check and the
 hand-out run under the GIL with no Python code in between, so no other thread
-can take a reference meanwhile.  (Raw addresses taken out of Python's
+can take a reference meanwhile (this needs CPython's GIL: a free-threaded
+build would need a lock here).  (Raw addresses taken out of Python's
 reach, e.g. ``a.ctypes.data`` kept as an integer, are not references; they
 are no safer with a freed array.)  A reused array must also still have the
 shape, dtype, C-contiguous layout and writeability asked for, whatever was
@@ -26,6 +27,13 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
 
 import numpy as np
+
+
+cdef extern from *:
+    """
+    static Py_ssize_t dmem_pool_refcount(PyObject *o) { return Py_REFCNT(o); }
+    """
+    Py_ssize_t dmem_pool_refcount(PyObject* o)
 
 cdef object NDARRAY = np.ndarray
 
@@ -64,7 +72,7 @@ cdef class OutputPool:
         for i in range(n - 1, -1, -1):
             entry = PyList_GET_ITEM(self._arrays, i)
             # The pool's own reference is the only one: nobody can see the array.
-            if entry.ob_refcnt != 1:
+            if dmem_pool_refcount(entry) != 1:
                 continue
             array = <object> entry
             if (type(array) is NDARRAY and array.shape == shape and array.dtype == dtype

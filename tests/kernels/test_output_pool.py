@@ -166,3 +166,14 @@ def test_write_output_held_across_calls_is_intact():
     out2, _ = cm.write_forward(out, weights, erase, add)
     assert not np.shares_memory(out2, out) and not np.shares_memory(grads[0], out)
     np.testing.assert_array_equal(out, kept)
+
+
+def test_release_outputs_lets_go_of_every_pooled_array():
+    rng = np.random.default_rng(4)
+    (link, *_), _ = cl.link_step_forward(*_link_step_inputs(rng))
+    assert len(_common.OUTPUTS) >= 1
+    del link
+    _common.release_outputs()
+    assert len(_common.OUTPUTS) == 0 and _common.OUTPUTS.nbytes == 0
+    (link, *_), _ = cl.link_step_forward(*_link_step_inputs(rng))
+    assert len(_common.OUTPUTS) == 1 and link.shape == (2, 128, 128)
