@@ -11,6 +11,11 @@ For every operation ``X`` of :data:`dmem._opspec.OPS` this namespace has
 
 These functions ignore the backend switch: they always run the kernels.  Use
 :mod:`dmem.ops` to follow the switch.
+
+Outputs of 256 KiB or more are recycled: an array is written again only once
+nothing but the pool refers to it, so an output you hold is never overwritten.
+Up to 256 MiB stay allocated between calls; :func:`release_outputs` frees
+them.
 """
 
 import importlib
@@ -19,6 +24,7 @@ import threading
 from autograd.extend import defvjp_argnums, primitive
 
 from .._opspec import MODULES, OPS
+from ._common import release_outputs
 
 # name -> (primitive, forward, backward)
 KERNELS = {}
@@ -83,7 +89,7 @@ def _load():
 
 _load()
 
-__all__ = sorted(
+__all__ = ["release_outputs"] + sorted(
     [name for name in KERNELS]
     + [name + "_forward" for name in KERNELS]
     + [name + "_backward" for name in KERNELS]
