@@ -24,10 +24,19 @@ import threading
 from autograd.extend import defvjp_argnums, primitive
 
 from .._opspec import MODULES, OPS
-from ._common import release_outputs
 
 # name -> (primitive, forward, backward)
 KERNELS = {}
+
+
+def release_outputs():
+    """Let go of the recycled output arrays kept for reuse (their memory is freed
+    once nobody else holds them).  Nothing to do without the extension."""
+    try:
+        from ._common import release_outputs as release
+    except ImportError:
+        return
+    release()
 
 _last = threading.local()
 
