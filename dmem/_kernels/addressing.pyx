@@ -28,26 +28,50 @@ cdef double COSINE_EPSILON = 1e-6
 cdef double SHARPEN_EPSILON = 1e-12
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- content helpers
+#
+# The loops over memory of the content weighting are C, in content_simd.h: rows
+# four at a time, one vector of the word at a time, in a baseline version and
+# an AVX2/FMA one chosen at import (:func:`simd_level`).
 
-cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
-    """``Σ_j a_j b_j`` in double, with four partial sums (a fixed order, and no
-    chain of dependent additions as long as the word)."""
-    cdef double s0 = 0.0
-    cdef double s1 = 0.0
-    cdef double s2 = 0.0
-    cdef double s3 = 0.0
-    cdef Py_ssize_t j = 0
-    while j + 4 <= n:
-        s0 = s0 + <double>a[j] * b[j]
-        s1 = s1 + <double>a[j + 1] * b[j + 1]
-        s2 = s2 + <double>a[j + 2] * b[j + 2]
-        s3 = s3 + <double>a[j + 3] * b[j + 3]
-        j = j + 4
-    while j < n:
-        s0 = s0 + <double>a[j] * b[j]
-        j = j + 1
-    return (s0 + s1) + (s2 + s3)
+cdef extern from "content_simd.h" nogil:
+    double dmem_content_forward_d(const double* memory, double* norms, int first,
+                                  const double* key, double strength, double* cosines,
+                                  double* z, Py_ssize_t n, Py_ssize_t w)
+    double dmem_content_forward_f(const float* memory, double* norms, int first,
+                                  const float* key, double strength, float* cosines,
+                                  double* z, Py_ssize_t n, Py_ssize_t w)
+    double dmem_content_backward_d(const double* memory, const double* memory_norms,
+                                   const double* key, double key_norm, double strength,
+                                   const double* cosines, const double* weights,
+                                   const double* grad, int first, double* grad_memory,
+                                   double* grad_key, double* row_key, double* row_memory,
+                                   double* acc, Py_ssize_t n, Py_ssize_t w)
+    double dmem_content_backward_f(const float* memory, const float* memory_norms,
+                                   const float* key, double key_norm, double strength,
+                                   const float* cosines, const float* weights,
+                                   const double* grad, int first, float* grad_memory,
+                                   float* grad_key, double* row_key, double* row_memory,
+                                   double* acc, Py_ssize_t n, Py_ssize_t w)
+    int dmem_content_simd_supported()
+    int dmem_content_set_simd(int level)
+    int dmem_content_get_simd()
+
+
+dmem_content_set_simd(1)
+
+
+def simd_level():
+    """The instruction set of the content-weighting loops: ``"avx2+fma"`` or
+    ``"baseline"`` (the build's own, e.g. SSE2 on x86-64, NEON on aarch64)."""
+    return "avx2+fma" if dmem_content_get_simd() else "baseline"
+
+
+def _set_simd(bint enabled):
+    """Use the AVX2/FMA loops when ``enabled`` and the CPU has them, else the
+    baseline ones (for tests).  Returns :func:`simd_level`."""
+    dmem_content_set_simd(1 if enabled else 0)
+    return simd_level()
 
 
 cdef inline double _content_head(const floating* memory, double* memory_norms, bint first,
@@ -60,80 +84,16 @@ cdef inline double _content_head(const floating* memory, double* memory_norms, b
     norms ``√(M_i·M_i + ε)`` into ``memory_norms``, in the same pass over the
     memory as the dot products; later heads read them.  Writes the
     similarities to ``cosines`` (saved for the backward) and returns the key
-    norm ``√(k·k + ε)``.  Rows go four at a time (four independent sums, one
-    load of the key for four rows); each sum runs over ``j`` in order, so a
-    row's values do not depend on its position.
+    norm ``√(k·k + ε)``.  Each row's sums run over the word in a fixed order
+    (``content_simd.h``), so a row's values do not depend on its position.
     """
-    cdef Py_ssize_t i, j, r
-    cdef double key_norm, kj, x0, x1, x2, x3
-    cdef double d0, d1, d2, d3, n0, n1, n2, n3
-    cdef const floating* m0
-    cdef const floating* m1
-    cdef const floating* m2
-    cdef const floating* m3
-    key_norm = sqrt(_dot(key, key, W) + COSINE_EPSILON)
-    i = 0
-    while i + 4 <= N:
-        m0 = memory + i * W
-        m1 = m0 + W
-        m2 = m1 + W
-        m3 = m2 + W
-        d0 = 0.0
-        d1 = 0.0
-        d2 = 0.0
-        d3 = 0.0
-        if first:
-            n0 = 0.0
-            n1 = 0.0
-            n2 = 0.0
-            n3 = 0.0
-            for j in range(W):
-                kj = key[j]
-                x0 = m0[j]
-                x1 = m1[j]
-                x2 = m2[j]
-                x3 = m3[j]
-                d0 = d0 + kj * x0
-                d1 = d1 + kj * x1
-                d2 = d2 + kj * x2
-                d3 = d3 + kj * x3
-                n0 = n0 + x0 * x0
-                n1 = n1 + x1 * x1
-                n2 = n2 + x2 * x2
-                n3 = n3 + x3 * x3
-            memory_norms[i] = sqrt(n0 + COSINE_EPSILON)
-            memory_norms[i + 1] = sqrt(n1 + COSINE_EPSILON)
-            memory_norms[i + 2] = sqrt(n2 + COSINE_EPSILON)
-            memory_norms[i + 3] = sqrt(n3 + COSINE_EPSILON)
-        else:
-            for j in range(W):
-                kj = key[j]
-                d0 = d0 + kj * m0[j]
-                d1 = d1 + kj * m1[j]
-                d2 = d2 + kj * m2[j]
-                d3 = d3 + kj * m3[j]
-        weights[i] = d0
-        weights[i + 1] = d1
-        weights[i + 2] = d2
-        weights[i + 3] = d3
-        i = i + 4
-    while i < N:
-        m0 = memory + i * W
-        d0 = 0.0
-        n0 = 0.0
-        for j in range(W):
-            x0 = m0[j]
-            d0 = d0 + key[j] * x0
-            n0 = n0 + x0 * x0
-        if first:
-            memory_norms[i] = sqrt(n0 + COSINE_EPSILON)
-        weights[i] = d0
-        i = i + 1
-    for r in range(N):
-        x0 = weights[r] / (key_norm * memory_norms[r])
-        cosines[r] = x0
-        weights[r] = strength * x0
-    _softmax(weights, N)
+    cdef double key_norm
+    if floating is double:
+        key_norm = dmem_content_forward_d(memory, memory_norms, first, key, strength,
+                                          cosines, weights, N, W)
+    else:
+        key_norm = dmem_content_forward_f(memory, memory_norms, first, key, strength,
+                                          cosines, weights, N, W)
     return key_norm
 
 
@@ -153,68 +113,17 @@ cdef inline double _content_head_backward(const floating* memory, const floating
     ``dc_i/dM_i = k / (|k||M_i|) - c_i M_i / |M_i|²``; the norms are at least
     √ε = 1e-3, so their inverses are finite.  ``row_key``, ``row_memory`` (N)
     and ``grad_key_acc`` (W) are scratch: the per-row factors of ``M_i`` in
-    dL/dk and of ``k`` and ``M_i`` in dL/dM_i.  The loops over the word run
-    over contiguous arrays, one output each, so that the compiler vectorises
-    them.
+    dL/dk and of ``k`` and ``M_i`` in dL/dM_i.  One pass over the memory forms
+    dL/dM and accumulates dL/dk (``content_simd.h``).
     """
-    cdef Py_ssize_t i, j
-    cdef double mean = 0.0
-    cdef double grad_strength = 0.0
-    cdef double cos_dot = 0.0
-    cdef double gz, gc, u, f0, f1, f2, f3, t
-    cdef double inverse_key_norm = 1.0 / key_norm
-    cdef const floating* m0
-    cdef const floating* m1
-    cdef const floating* m2
-    cdef const floating* m3
-    cdef floating* g
-    for i in range(N):
-        mean = mean + weights[i] * grad_weights[i]
-    for i in range(N):
-        gz = weights[i] * (grad_weights[i] - mean)        # through the softmax
-        grad_strength = grad_strength + gz * cosines[i]
-        gc = gz * strength                                # dL/dc_i
-        cos_dot = cos_dot + gc * cosines[i]
-        u = 1.0 / memory_norms[i]
-        row_key[i] = gc * inverse_key_norm * u
-        row_memory[i] = gc * cosines[i] * u * u
-    # dL/dk = Σ_i row_key_i M_i - (Σ_i gc_i c_i) k / |k|², four rows at a time
-    for j in range(W):
-        grad_key_acc[j] = 0.0
-    i = 0
-    while i + 4 <= N:
-        m0 = memory + i * W
-        m1 = m0 + W
-        m2 = m1 + W
-        m3 = m2 + W
-        f0 = row_key[i]
-        f1 = row_key[i + 1]
-        f2 = row_key[i + 2]
-        f3 = row_key[i + 3]
-        for j in range(W):
-            grad_key_acc[j] = grad_key_acc[j] + ((f0 * m0[j] + f1 * m1[j]) + (f2 * m2[j] + f3 * m3[j]))
-        i = i + 4
-    while i < N:
-        m0 = memory + i * W
-        f0 = row_key[i]
-        for j in range(W):
-            grad_key_acc[j] = grad_key_acc[j] + f0 * m0[j]
-        i = i + 1
-    for j in range(W):
-        grad_key[j] = grad_key_acc[j] - cos_dot * inverse_key_norm * inverse_key_norm * key[j]
-    # dL/dM_i = row_key_i k - row_memory_i M_i
-    for i in range(N):
-        m0 = memory + i * W
-        g = grad_memory + i * W
-        f0 = row_key[i]
-        t = row_memory[i]
-        if first:
-            for j in range(W):
-                g[j] = f0 * key[j] - t * m0[j]
-        else:
-            for j in range(W):
-                g[j] = g[j] + (f0 * key[j] - t * m0[j])
-    return grad_strength
+    if floating is double:
+        return dmem_content_backward_d(memory, memory_norms, key, key_norm, strength, cosines,
+                                       weights, grad_weights, first, grad_memory, grad_key,
+                                       row_key, row_memory, grad_key_acc, N, W)
+    else:
+        return dmem_content_backward_f(memory, memory_norms, key, key_norm, strength, cosines,
+                                       weights, grad_weights, first, grad_memory, grad_key,
+                                       row_key, row_memory, grad_key_acc, N, W)
 
 
 cdef inline Py_ssize_t _offset(Py_ssize_t k, Py_ssize_t radius, Py_ssize_t N) noexcept nogil:

@@ -1,0 +1,761 @@
+/*
+ * dmem: the loops over memory of the content weighting, one head of one batch
+ * row at a time, used by dmem/_kernels/addressing.pyx (content_weights,
+ * ntm_address, and through addressing.pxd the fused DNC step).
+ *
+ * Equations (NTM eq. 5-6, DNC Methods; docs in addressing.pyx), with the
+ * ε-norms |k| = √(k·k + ε), |M_i| = √(M_i·M_i + ε), ε = 1e-6:
+ *
+ *     c_i = k·M_i / (|k| |M_i|),        z_i = β c_i    (softmax in addressing.pyx)
+ *
+ *     backward, from dL/dw and the saved w, c, |M_i|, |k|:
+ *     gz_i = w_i (g_i - Σ_j w_j g_j),   dL/dβ = Σ_i gz_i c_i,   gc_i = β gz_i
+ *     dL/dk   = Σ_i gc_i M_i / (|k||M_i|) - (Σ_i gc_i c_i) k / |k|²
+ *     dL/dM_i = gc_i k / (|k||M_i|) - gc_i c_i M_i / |M_i|²
+ *
+ * How: memory rows four at a time, one vector of the word at a time (16 bytes
+ * in the baseline version, 32 in the AVX2 one), with GCC/clang vector
+ * extensions; float inputs are widened to double on load, so every sum runs in
+ * double whatever the dtype.  A row's dot products are one vector accumulator
+ * per row, over the word in order, summed over the lanes in a fixed order at
+ * the end, the same in a group of four and alone: a row's value does not
+ * depend on its position.  The square roots and the divisions of a head come
+ * after the pass over memory, a vector at a time.  In the backward, one pass
+ * over memory forms dL/dM_i and accumulates dL/dk.
+ *
+ * Runtime dispatch (as in linkage_simd.h): on x86 with GCC or clang every
+ * function is compiled twice, for the build's baseline ISA (SSE2 on x86-64)
+ * and with __attribute__((target("avx2,fma"))); dmem_content_set_simd(1)
+ * selects the AVX2/FMA version when the CPU supports it.  The two versions
+ * round differently (FMA), each deterministically.  Compilers without vector
+ * extensions get scalar loops.
+ *
+ * The file includes itself once per (dtype, instruction set), with
+ * DMEM_CW_BODY defined, for the bodies of the functions.
+ */
+
+#ifndef DMEM_CW_BODY
+
+#ifndef DMEM_CONTENT_SIMD_H
+#define DMEM_CONTENT_SIMD_H
+
+#include <math.h>
+#include <stddef.h>
+
+#if defined(__GNUC__)
+#define DMEM_CW_VECTORS 1
+#define DMEM_CW_INLINE static inline __attribute__((always_inline))
+#else
+#define DMEM_CW_VECTORS 0
+#define DMEM_CW_INLINE static inline
+#endif
+
+#if DMEM_CW_VECTORS && (defined(__x86_64__) || defined(__i386__)) && !defined(DMEM_NO_SIMD_DISPATCH)
+#define DMEM_CW_DISPATCH 1
+#else
+#define DMEM_CW_DISPATCH 0
+#endif
+
+#if DMEM_CW_VECTORS && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
+#include <immintrin.h>
+#define DMEM_CW_X86 1
+#else
+#define DMEM_CW_X86 0
+#endif
+
+#define DMEM_CW_EPSILON 1e-6
+
+#if DMEM_CW_VECTORS
+typedef double dmem_cw_d2 __attribute__((vector_size(16)));
+typedef double dmem_cw_d2u __attribute__((vector_size(16), aligned(sizeof(double)), may_alias));
+typedef double dmem_cw_d4 __attribute__((vector_size(32)));
+typedef double dmem_cw_d4u __attribute__((vector_size(32), aligned(sizeof(double)), may_alias));
+typedef long long dmem_cw_i2 __attribute__((vector_size(16)));
+typedef long long dmem_cw_i4 __attribute__((vector_size(32)));
+typedef float dmem_cw_f2 __attribute__((vector_size(8)));
+typedef float dmem_cw_f2u __attribute__((vector_size(8), aligned(sizeof(float)), may_alias));
+typedef float dmem_cw_f4 __attribute__((vector_size(16)));
+typedef float dmem_cw_f4u __attribute__((vector_size(16), aligned(sizeof(float)), may_alias));
+#endif
+
+/* ---- baseline ---- */
+#define DMEM_CW_BODY 1
+#define DMEM_CW_ATTR
+#define DMEM_CW_ISA base
+#if DMEM_CW_VECTORS
+#define DMEM_CW_V 2
+#define DMEM_CW_VT dmem_cw_d2
+#define DMEM_CW_VTU dmem_cw_d2u
+#define DMEM_CW_FVTU dmem_cw_f2u
+#define DMEM_CW_FVT dmem_cw_f2
+#define DMEM_CW_VI dmem_cw_i2
+#if DMEM_CW_X86
+#define DMEM_CW_SQRT(v) ((dmem_cw_d2)_mm_sqrt_pd((__m128d)(v)))
+#endif
+#else
+#define DMEM_CW_V 1
+#define DMEM_CW_VTU double
+#endif
+#define DMEM_CW_T double
+#define DMEM_CW_SUFFIX d
+#include "content_simd.h"
+#undef DMEM_CW_T
+#undef DMEM_CW_SUFFIX
+#define DMEM_CW_T float
+#define DMEM_CW_SUFFIX f
+#include "content_simd.h"
+#undef DMEM_CW_T
+#undef DMEM_CW_SUFFIX
+#undef DMEM_CW_ATTR
+#undef DMEM_CW_ISA
+#undef DMEM_CW_V
+#undef DMEM_CW_VT
+#undef DMEM_CW_VTU
+#undef DMEM_CW_FVTU
+#undef DMEM_CW_FVT
+#undef DMEM_CW_SQRT
+#undef DMEM_CW_VI
+
+#if DMEM_CW_DISPATCH
+/* ---- AVX2 + FMA ---- */
+#define DMEM_CW_ATTR __attribute__((target("avx2,fma")))
+#define DMEM_CW_ISA avx2
+#define DMEM_CW_V 4
+#define DMEM_CW_VT dmem_cw_d4
+#define DMEM_CW_VTU dmem_cw_d4u
+#define DMEM_CW_FVTU dmem_cw_f4u
+#define DMEM_CW_FVT dmem_cw_f4
+#define DMEM_CW_VI dmem_cw_i4
+#define DMEM_CW_SQRT(v) ((dmem_cw_d4)_mm256_sqrt_pd((__m256d)(v)))
+#define DMEM_CW_T double
+#define DMEM_CW_SUFFIX d
+#include "content_simd.h"
+#undef DMEM_CW_T
+#undef DMEM_CW_SUFFIX
+#define DMEM_CW_T float
+#define DMEM_CW_SUFFIX f
+#include "content_simd.h"
+#undef DMEM_CW_T
+#undef DMEM_CW_SUFFIX
+#undef DMEM_CW_ATTR
+#undef DMEM_CW_ISA
+#undef DMEM_CW_V
+#undef DMEM_CW_VT
+#undef DMEM_CW_VTU
+#undef DMEM_CW_FVTU
+#undef DMEM_CW_FVT
+#undef DMEM_CW_SQRT
+#undef DMEM_CW_VI
+#endif
+#undef DMEM_CW_BODY
+
+/* ---- dispatch ---- */
+
+/* 1 when the AVX2/FMA versions run, 0 for the baseline versions. */
+static int dmem_content_simd = 0;
+
+/* The best level this CPU supports: 1 (AVX2 and FMA) or 0. */
+static int dmem_content_simd_supported(void)
+{
+#if DMEM_CW_DISPATCH
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+/* Select the versions to run: level 1 asks for AVX2/FMA (granted only when
+ * supported), 0 for the baseline.  Returns the level in force. */
+static int dmem_content_set_simd(int level)
+{
+    dmem_content_simd = (level > 0 && dmem_content_simd_supported()) ? 1 : 0;
+    return dmem_content_simd;
+}
+
+static int dmem_content_get_simd(void) { return dmem_content_simd; }
+
+#if DMEM_CW_DISPATCH
+#define DMEM_CW_CALL(name, suffix, args) \
+    (dmem_content_simd ? dmem_cw_##name##_##suffix##_avx2 args : dmem_cw_##name##_##suffix##_base args)
+#else
+#define DMEM_CW_CALL(name, suffix, args) (dmem_cw_##name##_##suffix##_base args)
+#endif
+
+/* Forward of one head: the similarities c_i into `cosines` and the weighting
+ * softmax(β c) into `z` (double, N).  When `first`, the norms
+ * |M_i| are computed into `norms` (double, N); otherwise they are read from
+ * it.  Returns |k|. */
+static double dmem_content_forward_d(const double *memory, double *norms, int first,
+                                     const double *key, double strength, double *cosines,
+                                     double *z, Py_ssize_t n, Py_ssize_t w)
+{
+    return DMEM_CW_CALL(forward, d, (memory, norms, first, key, strength, cosines, z, n, w));
+}
+
+static double dmem_content_forward_f(const float *memory, double *norms, int first,
+                                     const float *key, double strength, float *cosines,
+                                     double *z, Py_ssize_t n, Py_ssize_t w)
+{
+    return DMEM_CW_CALL(forward, f, (memory, norms, first, key, strength, cosines, z, n, w));
+}
+
+/* Backward of one head from dL/dw (`grad`, double, N) and the saved weighting,
+ * similarities and norms: writes (`first`) or adds to dL/dM (n x w), writes
+ * dL/dk (w), returns dL/dβ.  `row_key`, `row_memory` (n) and `acc` (w) are
+ * double scratch. */
+static double dmem_content_backward_d(const double *memory, const double *memory_norms,
+                                      const double *key, double key_norm, double strength,
+                                      const double *cosines, const double *weights,
+                                      const double *grad, int first, double *grad_memory,
+                                      double *grad_key, double *row_key, double *row_memory,
+                                      double *acc, Py_ssize_t n, Py_ssize_t w)
+{
+    return DMEM_CW_CALL(backward, d, (memory, memory_norms, key, key_norm, strength, cosines,
+                                      weights, grad, first, grad_memory, grad_key, row_key,
+                                      row_memory, acc, n, w));
+}
+
+static double dmem_content_backward_f(const float *memory, const float *memory_norms,
+                                      const float *key, double key_norm, double strength,
+                                      const float *cosines, const float *weights,
+                                      const double *grad, int first, float *grad_memory,
+                                      float *grad_key, double *row_key, double *row_memory,
+                                      double *acc, Py_ssize_t n, Py_ssize_t w)
+{
+    return DMEM_CW_CALL(backward, f, (memory, memory_norms, key, key_norm, strength, cosines,
+                                      weights, grad, first, grad_memory, grad_key, row_key,
+                                      row_memory, acc, n, w));
+}
+
+#endif /* DMEM_CONTENT_SIMD_H */
+
+#else /* DMEM_CW_BODY: the functions for one (dtype, instruction set) */
+
+#define T_ DMEM_CW_T
+#define V_ DMEM_CW_V
+#define DMEM_CW_NAME__(name, suffix, isa) dmem_cw_##name##_##suffix##_##isa
+#define DMEM_CW_NAME_(name, suffix, isa) DMEM_CW_NAME__(name, suffix, isa)
+#define FN(name) DMEM_CW_NAME_(name, DMEM_CW_SUFFIX, DMEM_CW_ISA)
+
+#if DMEM_CW_VECTORS
+#define VT_ DMEM_CW_VT
+#else
+#define VT_ double
+#endif
+
+/* V_ consecutive values of T_ at p, widened to double. */
+DMEM_CW_INLINE DMEM_CW_ATTR VT_ FN(ld)(const T_ *p)
+{
+#if !DMEM_CW_VECTORS
+    return (double)*p;
+#else
+    if (sizeof(T_) == sizeof(double))
+        return *(const DMEM_CW_VTU *)(const void *)p;
+    return __builtin_convertvector(*(const DMEM_CW_FVTU *)(const void *)p, VT_);
+#endif
+}
+
+/* The first m (< V_) values at p, widened, zeros after. */
+DMEM_CW_INLINE DMEM_CW_ATTR VT_ FN(ld_part)(const T_ *p, Py_ssize_t m)
+{
+#if !DMEM_CW_VECTORS
+    (void)m;
+    return (double)*p;
+#else
+    VT_ v;
+    Py_ssize_t l;
+    for (l = 0; l < V_; l++)
+        v[l] = l < m ? (double)p[l] : 0.0;
+    return v;
+#endif
+}
+
+/* Store v at p, narrowed to T_. */
+DMEM_CW_INLINE DMEM_CW_ATTR void FN(st)(T_ *p, VT_ v)
+{
+#if !DMEM_CW_VECTORS
+    *p = (T_)v;
+#else
+    if (sizeof(T_) == sizeof(double))
+        *(DMEM_CW_VTU *)(void *)p = v;
+    else
+        *(DMEM_CW_FVTU *)(void *)p = __builtin_convertvector(v, DMEM_CW_FVT);
+#endif
+}
+
+/* Store the first m lanes of v at p, narrowed to T_. */
+DMEM_CW_INLINE DMEM_CW_ATTR void FN(st_part)(T_ *p, VT_ v, Py_ssize_t m)
+{
+#if !DMEM_CW_VECTORS
+    (void)m;
+    *p = (T_)v;
+#else
+    Py_ssize_t l;
+    for (l = 0; l < m; l++)
+        p[l] = (T_)v[l];
+#endif
+}
+
+/* A vector of s. */
+DMEM_CW_INLINE DMEM_CW_ATTR VT_ FN(splat)(double s)
+{
+#if !DMEM_CW_VECTORS
+    return s;
+#else
+    VT_ v;
+    Py_ssize_t l;
+    for (l = 0; l < V_; l++)
+        v[l] = s;
+    return v;
+#endif
+}
+
+/* Sum of the lanes, pairwise in a fixed order. */
+DMEM_CW_INLINE DMEM_CW_ATTR double FN(hsum)(VT_ v)
+{
+#if !DMEM_CW_VECTORS
+    return v;
+#elif DMEM_CW_V == 2
+    return v[0] + v[1];
+#else
+    return (v[0] + v[1]) + (v[2] + v[3]);
+#endif
+}
+
+/* Square roots, lane by lane. */
+DMEM_CW_INLINE DMEM_CW_ATTR VT_ FN(sqrt)(VT_ v)
+{
+#if !DMEM_CW_VECTORS
+    return sqrt(v);
+#elif defined(DMEM_CW_SQRT)
+    return DMEM_CW_SQRT(v);
+#else
+    Py_ssize_t l;
+    for (l = 0; l < V_; l++)
+        v[l] = sqrt(v[l]);
+    return v;
+#endif
+}
+
+/* Σ_j a_j b_j over w values, one vector accumulator, lanes summed at the end. */
+DMEM_CW_INLINE DMEM_CW_ATTR double FN(dot)(const T_ *a, const T_ *b, Py_ssize_t w)
+{
+    VT_ s = FN(splat)(0.0);
+    Py_ssize_t j = 0;
+    for (; j + V_ <= w; j += V_)
+        s += FN(ld)(a + j) * FN(ld)(b + j);
+    if (j < w)
+        s += FN(ld_part)(a + j, w - j) * FN(ld_part)(b + j, w - j);
+    return FN(hsum)(s);
+}
+
+/* dL/dM_i for one vector of the word: g = f k - t x, written or added. */
+DMEM_CW_INLINE DMEM_CW_ATTR void FN(grad_row)(T_ *g, VT_ k, VT_ x, VT_ f, VT_ t, int first)
+{
+    VT_ d = f * k - t * x;
+    if (first)
+        FN(st)(g, d);
+    else
+        FN(st)(g, FN(ld)(g) + d);
+}
+
+/* The same for one value (the last w % V_ of a row). */
+DMEM_CW_INLINE DMEM_CW_ATTR void FN(grad_one)(T_ *g, double k, double x, double f, double t,
+                                              int first)
+{
+    double d = f * k - t * x;
+    if (first)
+        *g = (T_)d;
+    else
+        *g = (T_)(*g + d);
+}
+
+/* The sums of the lanes of four vectors into out[0..3], each as FN(hsum)
+ * forms it (the same additions in the same order), with shuffles. */
+DMEM_CW_INLINE DMEM_CW_ATTR void FN(hsum4)(VT_ a, VT_ b, VT_ c, VT_ d, double *out)
+{
+#if DMEM_CW_VECTORS && DMEM_CW_V == 4 && defined(__clang__) || \
+    DMEM_CW_VECTORS && DMEM_CW_V == 4 && defined(__GNUC__) && __GNUC__ >= 12
+    VT_ ab = __builtin_shufflevector(a, b, 0, 4, 2, 6) + __builtin_shufflevector(a, b, 1, 5, 3, 7);
+    VT_ cd = __builtin_shufflevector(c, d, 0, 4, 2, 6) + __builtin_shufflevector(c, d, 1, 5, 3, 7);
+    *(DMEM_CW_VTU *)(void *)out = __builtin_shufflevector(ab, cd, 0, 1, 4, 5)
+                                  + __builtin_shufflevector(ab, cd, 2, 3, 6, 7);
+#elif DMEM_CW_VECTORS && DMEM_CW_V == 2 && (defined(__clang__) || defined(__GNUC__) && __GNUC__ >= 12)
+    *(DMEM_CW_VTU *)(void *)out = __builtin_shufflevector(a, b, 0, 2) + __builtin_shufflevector(a, b, 1, 3);
+    *(DMEM_CW_VTU *)(void *)(out + 2) = __builtin_shufflevector(c, d, 0, 2) + __builtin_shufflevector(c, d, 1, 3);
+#else
+    out[0] = FN(hsum)(a);
+    out[1] = FN(hsum)(b);
+    out[2] = FN(hsum)(c);
+    out[3] = FN(hsum)(d);
+#endif
+}
+
+/* exp(x) for x in [-1000, 0] (or NaN), lane by lane: 0 below about -708.4,
+ * where libm gives a subnormal number or 0.  The algorithm of
+ * _exp_nonpositive in addressing.pxd: Cody-Waite reduction by ln 2, the
+ * degree-13 Taylor polynomial of expm1 (Estrin), 2^k built in the exponent
+ * bits. */
+#if DMEM_CW_VECTORS
+DMEM_CW_INLINE DMEM_CW_ATTR VT_ FN(exp)(VT_ x)
+{
+    typedef DMEM_CW_VI VI_;
+    const VT_ shifter = FN(splat)(6755399441055744.0);  /* 1.5 2^52 */
+    VT_ t = x * FN(splat)(1.44269504088896338700e+00) + shifter;
+    VT_ kd = t - shifter;
+    VI_ bits = (VI_)t;
+    VT_ scale = (VT_)((bits + 1023) << 52);
+    /* all ones where k < -1022 (2^k not a normal number), else 0 */
+    VI_ underflow = (bits - (long long)0x4338000000000000LL + 1022) >> 63;
+    VT_ r, r2, r4, q;
+    r = (x - kd * FN(splat)(6.93147180369123816490e-01)) - kd * FN(splat)(1.90821492927058770002e-10);
+    r2 = r * r;
+    r4 = r2 * r2;
+    q = r + r2 * ((FN(splat)(0.5) + r * FN(splat)(1.0 / 6.0))
+                  + r2 * (FN(splat)(1.0 / 24.0) + r * FN(splat)(1.0 / 120.0))
+                  + r4 * ((FN(splat)(1.0 / 720.0) + r * FN(splat)(1.0 / 5040.0))
+                          + r2 * (FN(splat)(1.0 / 40320.0) + r * FN(splat)(1.0 / 362880.0)))
+                  + (r4 * r4) * ((FN(splat)(1.0 / 3628800.0) + r * FN(splat)(1.0 / 39916800.0))
+                                 + r2 * (FN(splat)(1.0 / 479001600.0) + r * FN(splat)(1.0 / 6227020800.0))));
+    return (VT_)((VI_)(scale + scale * q) & ~underflow) + (x - x);
+}
+#endif
+
+DMEM_CW_INLINE DMEM_CW_ATTR double FN(exp1)(double x)
+{
+    union { double d; unsigned long long u; } t, s, e;
+    double kd, r, r2, r4, q;
+    unsigned long long underflow;
+    t.d = x * 1.44269504088896338700e+00 + 6755399441055744.0;
+    kd = t.d - 6755399441055744.0;
+    s.u = (t.u + 1023) << 52;
+    underflow = 0 - ((t.u - 0x4338000000000000ULL + 1022) >> 63);
+    r = (x - kd * 6.93147180369123816490e-01) - kd * 1.90821492927058770002e-10;
+    r2 = r * r;
+    r4 = r2 * r2;
+    q = r + r2 * ((0.5 + r * (1.0 / 6.0)) + r2 * (1.0 / 24.0 + r * (1.0 / 120.0))
+                  + r4 * ((1.0 / 720.0 + r * (1.0 / 5040.0))
+                          + r2 * (1.0 / 40320.0 + r * (1.0 / 362880.0)))
+                  + (r4 * r4) * ((1.0 / 3628800.0 + r * (1.0 / 39916800.0))
+                                 + r2 * (1.0 / 479001600.0 + r * (1.0 / 6227020800.0))));
+    e.d = s.d + s.d * q;
+    e.u &= ~underflow;
+    return e.d + (x - x);
+}
+
+/* Softmax of z[0..n) in place, the maximum subtracted first, differences
+ * below -1000 clamped to -1000 (exp gives 0 there either way). */
+static DMEM_CW_ATTR void FN(softmax)(double *z, Py_ssize_t n)
+{
+    double top = z[0], bottom = z[0], total, inverse;
+    Py_ssize_t i = 0, l;
+#if DMEM_CW_VECTORS
+    typedef DMEM_CW_VI VI_;
+    VT_ vtop = FN(splat)(z[0]), vbottom = vtop, vsum = FN(splat)(0.0), v, vt;
+    VI_ above, below;
+    for (; i + V_ <= n; i += V_) {
+        v = *(const DMEM_CW_VTU *)(const void *)(z + i);
+        above = (VI_)(v > vtop);
+        below = (VI_)(v < vbottom);
+        vtop = (VT_)(((VI_)v & above) | ((VI_)vtop & ~above));
+        vbottom = (VT_)(((VI_)v & below) | ((VI_)vbottom & ~below));
+    }
+    for (l = 0; l < V_; l++) {
+        if (vtop[l] > top)
+            top = vtop[l];
+        if (vbottom[l] < bottom)
+            bottom = vbottom[l];
+    }
+#endif
+    for (; i < n; i++) {
+        if (z[i] > top)
+            top = z[i];
+        if (z[i] < bottom)
+            bottom = z[i];
+    }
+    i = 0;
+#if DMEM_CW_VECTORS
+    vt = FN(splat)(top);
+    if (bottom - top >= -1000.0) {
+        for (; i + V_ <= n; i += V_) {
+            v = FN(exp)(*(const DMEM_CW_VTU *)(const void *)(z + i) - vt);
+            *(DMEM_CW_VTU *)(void *)(z + i) = v;
+            vsum += v;
+        }
+    } else {
+        const VT_ floor = FN(splat)(-1000.0);
+        for (; i + V_ <= n; i += V_) {
+            v = *(const DMEM_CW_VTU *)(const void *)(z + i) - vt;
+            below = (VI_)(v < floor);
+            v = (VT_)(((VI_)floor & below) | ((VI_)v & ~below));
+            v = FN(exp)(v);
+            *(DMEM_CW_VTU *)(void *)(z + i) = v;
+            vsum += v;
+        }
+    }
+    total = FN(hsum)(vsum);
+#else
+    total = 0.0;
+#endif
+    for (; i < n; i++) {
+        double x = z[i] - top;
+        if (x < -1000.0)
+            x = -1000.0;
+        z[i] = FN(exp1)(x);
+        total += z[i];
+    }
+    inverse = 1.0 / total;
+    i = 0;
+#if DMEM_CW_VECTORS
+    vt = FN(splat)(inverse);
+    for (; i + V_ <= n; i += V_)
+        *(DMEM_CW_VTU *)(void *)(z + i) = *(const DMEM_CW_VTU *)(const void *)(z + i) * vt;
+#endif
+    for (; i < n; i++)
+        z[i] = z[i] * inverse;
+}
+
+static DMEM_CW_ATTR double FN(forward)(const T_ *memory, double *norms, int first,
+                                       const T_ *key, double strength, T_ *cosines,
+                                       double *z, Py_ssize_t n, Py_ssize_t w)
+{
+    const Py_ssize_t tail = w % V_;
+    const Py_ssize_t body = w - tail;
+    const double key_norm = sqrt(FN(dot)(key, key, w) + DMEM_CW_EPSILON);
+    Py_ssize_t i, j;
+    VT_ k, x0, x1, x2, x3, d0, d1, d2, d3, q0, q1, q2, q3;
+    /* dot products k·M_i into z, and, for the first head, M_i·M_i into norms */
+    i = 0;
+    if (first) {
+        for (; i + 4 <= n; i += 4) {
+            const T_ *m0 = memory + i * w, *m1 = m0 + w, *m2 = m1 + w, *m3 = m2 + w;
+            d0 = d1 = d2 = d3 = q0 = q1 = q2 = q3 = FN(splat)(0.0);
+            for (j = 0; j < body; j += V_) {
+                k = FN(ld)(key + j);
+                x0 = FN(ld)(m0 + j);
+                x1 = FN(ld)(m1 + j);
+                x2 = FN(ld)(m2 + j);
+                x3 = FN(ld)(m3 + j);
+                d0 += k * x0;
+                d1 += k * x1;
+                d2 += k * x2;
+                d3 += k * x3;
+                q0 += x0 * x0;
+                q1 += x1 * x1;
+                q2 += x2 * x2;
+                q3 += x3 * x3;
+            }
+            if (tail) {
+                k = FN(ld_part)(key + j, tail);
+                x0 = FN(ld_part)(m0 + j, tail);
+                x1 = FN(ld_part)(m1 + j, tail);
+                x2 = FN(ld_part)(m2 + j, tail);
+                x3 = FN(ld_part)(m3 + j, tail);
+                d0 += k * x0;
+                d1 += k * x1;
+                d2 += k * x2;
+                d3 += k * x3;
+                q0 += x0 * x0;
+                q1 += x1 * x1;
+                q2 += x2 * x2;
+                q3 += x3 * x3;
+            }
+            FN(hsum4)(d0, d1, d2, d3, z + i);
+            FN(hsum4)(q0, q1, q2, q3, norms + i);
+        }
+        for (; i < n; i++) {
+            const T_ *m0 = memory + i * w;
+            d0 = q0 = FN(splat)(0.0);
+            for (j = 0; j < body; j += V_) {
+                k = FN(ld)(key + j);
+                x0 = FN(ld)(m0 + j);
+                d0 += k * x0;
+                q0 += x0 * x0;
+            }
+            if (tail) {
+                k = FN(ld_part)(key + j, tail);
+                x0 = FN(ld_part)(m0 + j, tail);
+                d0 += k * x0;
+                q0 += x0 * x0;
+            }
+            z[i] = FN(hsum)(d0);
+            norms[i] = FN(hsum)(q0);
+        }
+        /* |M_i| = √(M_i·M_i + ε) */
+        i = 0;
+#if DMEM_CW_VECTORS
+        for (; i + V_ <= n; i += V_)
+            *(DMEM_CW_VTU *)(void *)(norms + i) =
+                FN(sqrt)(*(const DMEM_CW_VTU *)(const void *)(norms + i) + FN(splat)(DMEM_CW_EPSILON));
+#endif
+        for (; i < n; i++)
+            norms[i] = sqrt(norms[i] + DMEM_CW_EPSILON);
+    } else {
+        for (; i + 4 <= n; i += 4) {
+            const T_ *m0 = memory + i * w, *m1 = m0 + w, *m2 = m1 + w, *m3 = m2 + w;
+            d0 = d1 = d2 = d3 = FN(splat)(0.0);
+            for (j = 0; j < body; j += V_) {
+                k = FN(ld)(key + j);
+                d0 += k * FN(ld)(m0 + j);
+                d1 += k * FN(ld)(m1 + j);
+                d2 += k * FN(ld)(m2 + j);
+                d3 += k * FN(ld)(m3 + j);
+            }
+            if (tail) {
+                k = FN(ld_part)(key + j, tail);
+                d0 += k * FN(ld_part)(m0 + j, tail);
+                d1 += k * FN(ld_part)(m1 + j, tail);
+                d2 += k * FN(ld_part)(m2 + j, tail);
+                d3 += k * FN(ld_part)(m3 + j, tail);
+            }
+            FN(hsum4)(d0, d1, d2, d3, z + i);
+        }
+        for (; i < n; i++) {
+            const T_ *m0 = memory + i * w;
+            d0 = FN(splat)(0.0);
+            for (j = 0; j < body; j += V_)
+                d0 += FN(ld)(key + j) * FN(ld)(m0 + j);
+            if (tail)
+                d0 += FN(ld_part)(key + j, tail) * FN(ld_part)(m0 + j, tail);
+            z[i] = FN(hsum)(d0);
+        }
+    }
+    /* c_i = k·M_i / (|k| |M_i|), z_i = β c_i */
+    i = 0;
+#if DMEM_CW_VECTORS
+    {
+        const VT_ kn = FN(splat)(key_norm), beta = FN(splat)(strength);
+        for (; i + V_ <= n; i += V_) {
+            VT_ c = *(const DMEM_CW_VTU *)(const void *)(z + i)
+                    / (kn * *(const DMEM_CW_VTU *)(const void *)(norms + i));
+            FN(st)(cosines + i, c);
+            *(DMEM_CW_VTU *)(void *)(z + i) = beta * c;
+        }
+    }
+#endif
+    for (; i < n; i++) {
+        double c = z[i] / (key_norm * norms[i]);
+        cosines[i] = (T_)c;
+        z[i] = strength * c;
+    }
+    FN(softmax)(z, n);
+    return key_norm;
+}
+
+static DMEM_CW_ATTR double FN(backward)(const T_ *memory, const T_ *memory_norms,
+                                        const T_ *key, double key_norm, double strength,
+                                        const T_ *cosines, const T_ *weights,
+                                        const double *grad, int first, T_ *grad_memory,
+                                        T_ *grad_key, double *row_key, double *row_memory,
+                                        double *acc, Py_ssize_t n, Py_ssize_t w)
+{
+    const Py_ssize_t tail = w % V_;
+    const Py_ssize_t body = w - tail;
+    const double inverse_key_norm = 1.0 / key_norm;
+    double mean, grad_strength, cos_dot, scale;
+    Py_ssize_t i, j;
+    /* per-row factors: row_key_i = gc_i / (|k||M_i|), row_memory_i = gc_i c_i / |M_i|² */
+    {
+        VT_ s = FN(splat)(0.0);
+        i = 0;
+        for (; i + V_ <= n; i += V_)
+            s += FN(ld)(weights + i) * *(const DMEM_CW_VTU *)(const void *)(grad + i);
+        mean = FN(hsum)(s);
+        for (; i < n; i++)
+            mean += (double)weights[i] * grad[i];
+    }
+    {
+        const VT_ vmean = FN(splat)(mean), beta = FN(splat)(strength);
+        const VT_ ikn = FN(splat)(inverse_key_norm), one = FN(splat)(1.0);
+        VT_ gs = FN(splat)(0.0), cd = FN(splat)(0.0);
+        i = 0;
+#if DMEM_CW_VECTORS
+        for (; i + V_ <= n; i += V_) {
+            VT_ c = FN(ld)(cosines + i);
+            VT_ gz = FN(ld)(weights + i) * (*(const DMEM_CW_VTU *)(const void *)(grad + i) - vmean);
+            VT_ gc = gz * beta;
+            VT_ u = one / FN(ld)(memory_norms + i);
+            gs += gz * c;
+            cd += gc * c;
+            *(DMEM_CW_VTU *)(void *)(row_key + i) = gc * ikn * u;
+            *(DMEM_CW_VTU *)(void *)(row_memory + i) = gc * c * u * u;
+        }
+#endif
+        grad_strength = FN(hsum)(gs);
+        cos_dot = FN(hsum)(cd);
+        for (; i < n; i++) {
+            double c = cosines[i];
+            double gz = weights[i] * (grad[i] - mean);
+            double gc = gz * strength;
+            double u = 1.0 / memory_norms[i];
+            grad_strength += gz * c;
+            cos_dot += gc * c;
+            row_key[i] = gc * inverse_key_norm * u;
+            row_memory[i] = gc * c * u * u;
+        }
+    }
+    /* one pass over memory: dL/dM_i = row_key_i k - row_memory_i M_i, and
+     * acc = Σ_i row_key_i M_i (four rows at a time) */
+    for (j = 0; j < w; j++)
+        acc[j] = 0.0;
+    i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const T_ *m0 = memory + i * w, *m1 = m0 + w, *m2 = m1 + w, *m3 = m2 + w;
+        T_ *g0 = grad_memory + i * w, *g1 = g0 + w, *g2 = g1 + w, *g3 = g2 + w;
+        const VT_ f0 = FN(splat)(row_key[i]), f1 = FN(splat)(row_key[i + 1]);
+        const VT_ f2 = FN(splat)(row_key[i + 2]), f3 = FN(splat)(row_key[i + 3]);
+        const VT_ t0 = FN(splat)(row_memory[i]), t1 = FN(splat)(row_memory[i + 1]);
+        const VT_ t2 = FN(splat)(row_memory[i + 2]), t3 = FN(splat)(row_memory[i + 3]);
+        for (j = 0; j < body; j += V_) {
+            VT_ k = FN(ld)(key + j);
+            VT_ x0 = FN(ld)(m0 + j), x1 = FN(ld)(m1 + j), x2 = FN(ld)(m2 + j), x3 = FN(ld)(m3 + j);
+            VT_ a = *(const DMEM_CW_VTU *)(const void *)(acc + j);
+            *(DMEM_CW_VTU *)(void *)(acc + j) = a + ((f0 * x0 + f1 * x1) + (f2 * x2 + f3 * x3));
+            FN(grad_row)(g0 + j, k, x0, f0, t0, first);
+            FN(grad_row)(g1 + j, k, x1, f1, t1, first);
+            FN(grad_row)(g2 + j, k, x2, f2, t2, first);
+            FN(grad_row)(g3 + j, k, x3, f3, t3, first);
+        }
+        for (; j < w; j++) {
+            double kj = key[j];
+            double y0 = m0[j], y1 = m1[j], y2 = m2[j], y3 = m3[j];
+            acc[j] = acc[j] + ((row_key[i] * y0 + row_key[i + 1] * y1)
+                               + (row_key[i + 2] * y2 + row_key[i + 3] * y3));
+            FN(grad_one)(g0 + j, kj, y0, row_key[i], row_memory[i], first);
+            FN(grad_one)(g1 + j, kj, y1, row_key[i + 1], row_memory[i + 1], first);
+            FN(grad_one)(g2 + j, kj, y2, row_key[i + 2], row_memory[i + 2], first);
+            FN(grad_one)(g3 + j, kj, y3, row_key[i + 3], row_memory[i + 3], first);
+        }
+    }
+    for (; i < n; i++) {  /* the last rows, one at a time, dL/dM_i as above */
+        const T_ *m0 = memory + i * w;
+        T_ *g0 = grad_memory + i * w;
+        const VT_ f0 = FN(splat)(row_key[i]), t0 = FN(splat)(row_memory[i]);
+        for (j = 0; j < body; j += V_) {
+            VT_ x0 = FN(ld)(m0 + j);
+            VT_ a = *(const DMEM_CW_VTU *)(const void *)(acc + j);
+            *(DMEM_CW_VTU *)(void *)(acc + j) = a + f0 * x0;
+            FN(grad_row)(g0 + j, FN(ld)(key + j), x0, f0, t0, first);
+        }
+        for (; j < w; j++) {
+            double y0 = m0[j];
+            acc[j] = acc[j] + row_key[i] * y0;
+            FN(grad_one)(g0 + j, key[j], y0, row_key[i], row_memory[i], first);
+        }
+    }
+    /* dL/dk = acc - (Σ_i gc_i c_i) k / |k|² */
+    scale = cos_dot * inverse_key_norm * inverse_key_norm;
+    for (j = 0; j < w; j++)
+        grad_key[j] = (T_)(acc[j] - scale * key[j]);
+    return grad_strength;
+}
+
+#undef T_
+#undef V_
+#undef VT_
+#undef FN
+#undef DMEM_CW_NAME_
+#undef DMEM_CW_NAME__
+
+#endif /* DMEM_CW_BODY */
