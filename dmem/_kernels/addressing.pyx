@@ -30,11 +30,11 @@ cdef double SHARPEN_EPSILON = 1e-12
 
 # ---------------------------------------------------------------- content helpers
 #
-# The loops over memory of the content weighting are C, in content_simd.h: rows
+# The loops over memory of the content weighting are C, in addressing_simd.h: rows
 # four at a time, one vector of the word at a time, in a baseline version and
 # an AVX2/FMA one chosen at import (:func:`simd_level`).
 
-cdef extern from "content_simd.h" nogil:
+cdef extern from "addressing_simd.h" nogil:
     double dmem_content_forward_d(const double* memory, double* norms, int first,
                                   const double* key, double strength, double* cosines,
                                   double* z, Py_ssize_t n, Py_ssize_t w)
@@ -53,24 +53,26 @@ cdef extern from "content_simd.h" nogil:
                                    const double* grad, int first, float* grad_memory,
                                    float* grad_key, double* row_key, double* row_memory,
                                    double* acc, Py_ssize_t n, Py_ssize_t w)
-    int dmem_content_simd_supported()
-    int dmem_content_set_simd(int level)
-    int dmem_content_get_simd()
+    void dmem_sharpen_forward(const double* weights, double gamma, double* log_weights,
+                              double* out, Py_ssize_t n)
+    int dmem_addressing_simd_supported()
+    int dmem_addressing_set_simd(int level)
+    int dmem_addressing_get_simd()
 
 
-dmem_content_set_simd(1)
+dmem_addressing_set_simd(1)
 
 
 def simd_level():
     """The instruction set of the content-weighting loops: ``"avx2+fma"`` or
     ``"baseline"`` (the build's own, e.g. SSE2 on x86-64, NEON on aarch64)."""
-    return "avx2+fma" if dmem_content_get_simd() else "baseline"
+    return "avx2+fma" if dmem_addressing_get_simd() else "baseline"
 
 
 def _set_simd(bint enabled):
     """Use the AVX2/FMA loops when ``enabled`` and the CPU has them, else the
     baseline ones (for tests).  Returns :func:`simd_level`."""
-    dmem_content_set_simd(1 if enabled else 0)
+    dmem_addressing_set_simd(1 if enabled else 0)
     return simd_level()
 
 
@@ -85,7 +87,7 @@ cdef inline double _content_head(const floating* memory, double* memory_norms, b
     memory as the dot products; later heads read them.  Writes the
     similarities to ``cosines`` (saved for the backward) and returns the key
     norm ``√(k·k + ε)``.  Each row's sums run over the word in a fixed order
-    (``content_simd.h``), so a row's values do not depend on its position.
+    (``addressing_simd.h``), so a row's values do not depend on its position.
     """
     cdef double key_norm
     if floating is double:
@@ -114,7 +116,7 @@ cdef inline double _content_head_backward(const floating* memory, const floating
     √ε = 1e-3, so their inverses are finite.  ``row_key``, ``row_memory`` (N)
     and ``grad_key_acc`` (W) are scratch: the per-row factors of ``M_i`` in
     dL/dk and of ``k`` and ``M_i`` in dL/dM_i.  One pass over the memory forms
-    dL/dM and accumulates dL/dk (``content_simd.h``).
+    dL/dM and accumulates dL/dk (``addressing_simd.h``).
     """
     if floating is double:
         return dmem_content_backward_d(memory, memory_norms, key, key_norm, strength, cosines,
@@ -124,6 +126,26 @@ cdef inline double _content_head_backward(const floating* memory, const floating
         return dmem_content_backward_f(memory, memory_norms, key, key_norm, strength, cosines,
                                        weights, grad_weights, first, grad_memory, grad_key,
                                        row_key, row_memory, grad_key_acc, N, W)
+
+
+cdef inline double _dot_double(const double* a, const double* b, Py_ssize_t n) noexcept nogil:
+    """``Σ_i a_i b_i`` with four partial sums (a fixed order, and no chain of
+    ``n`` dependent additions)."""
+    cdef double s0 = 0.0
+    cdef double s1 = 0.0
+    cdef double s2 = 0.0
+    cdef double s3 = 0.0
+    cdef Py_ssize_t i = 0
+    while i + 4 <= n:
+        s0 = s0 + a[i] * b[i]
+        s1 = s1 + a[i + 1] * b[i + 1]
+        s2 = s2 + a[i + 2] * b[i + 2]
+        s3 = s3 + a[i + 3] * b[i + 3]
+        i = i + 4
+    while i < n:
+        s0 = s0 + a[i] * b[i]
+        i = i + 1
+    return (s0 + s1) + (s2 + s3)
 
 
 cdef inline Py_ssize_t _offset(Py_ssize_t k, Py_ssize_t radius, Py_ssize_t N) noexcept nogil:
@@ -162,7 +184,7 @@ cdef void _shift_backward(const double* weights, const double* shifts,
     """Backward of :func:`_shift_forward`: dL/dw into ``grad_weights``, dL/ds into ``grad_shifts``."""
     cdef Py_ssize_t i, k, d
     cdef Py_ssize_t radius = S // 2
-    cdef double sk, acc
+    cdef double sk
     for k in range(S):
         d = _offset(k, radius, N)
         sk = shifts[k]
@@ -177,11 +199,8 @@ cdef void _shift_backward(const double* weights, const double* shifts,
                 grad_weights[i - d] = grad_weights[i - d] + sk * grad_out[i]
             for i in range(d):
                 grad_weights[i - d + N] = grad_weights[i - d + N] + sk * grad_out[i]
-        for i in range(d, N):
-            acc = acc + grad_out[i] * weights[i - d]
-        for i in range(d):
-            acc = acc + grad_out[i] * weights[i - d + N]
-        grad_shifts[k] = acc
+        grad_shifts[k] = (_dot_double(grad_out + d, weights, N - d)
+                          + _dot_double(grad_out, weights + N - d, d))
 
 
 cdef void _sharpen_forward(const double* weights, double gamma, double* log_weights,
@@ -189,26 +208,12 @@ cdef void _sharpen_forward(const double* weights, double gamma, double* log_weig
     """``out = softmax(γ log(w + ε))``, i.e. ``(w_i+ε)^γ / Σ_j (w_j+ε)^γ``.
 
     Writes ``log(w+ε)`` to ``log_weights`` (saved for the backward).  The
-    logarithm is :func:`_log_normal` (vectorised) unless some ``w+ε`` is not a
-    positive normal number (a negative or non-finite weight), then libm's.
+    logarithm and the softmax's exp are vectorised (``addressing_simd.h``, the
+    algorithms of :func:`_log_normal` and :func:`_exp_nonpositive`) unless some
+    ``w+ε`` is not a positive normal number (a negative or non-finite weight),
+    then the logarithm is libm's.
     """
-    cdef Py_ssize_t i
-    cdef double x
-    cdef bint normal = True
-    for i in range(N):
-        x = weights[i] + SHARPEN_EPSILON
-        log_weights[i] = x
-        if not (x >= 2.2250738585072014e-308 and x <= 1.7976931348623157e308):
-            normal = False
-    if normal:
-        for i in range(N):
-            log_weights[i] = _log_normal(log_weights[i])
-    else:
-        for i in range(N):
-            log_weights[i] = log(weights[i] + SHARPEN_EPSILON)
-    for i in range(N):
-        out[i] = gamma * log_weights[i]
-    _softmax(out, N)
+    dmem_sharpen_forward(weights, gamma, log_weights, out, N)
 
 
 cdef double _sharpen_backward(const double* weights, const floating* out,
@@ -226,20 +231,43 @@ cdef double _sharpen_backward(const double* weights, const floating* out,
     ulps, which large ``γ`` makes visible, and costs an ``exp``.
     """
     cdef Py_ssize_t i
-    cdef double mean = 0.0
-    cdef double grad_gamma = 0.0
-    cdef double d, o
-    for i in range(N):
-        mean = mean + out[i] * grad_out[i]
+    cdef double s0 = 0.0
+    cdef double s1 = 0.0
+    cdef double s2 = 0.0
+    cdef double s3 = 0.0
+    cdef double mean, d, o
+    # four partial sums (a fixed order; no chain of N dependent additions)
+    i = 0
+    while i + 4 <= N:
+        s0 = s0 + out[i] * grad_out[i]
+        s1 = s1 + out[i + 1] * grad_out[i + 1]
+        s2 = s2 + out[i + 2] * grad_out[i + 2]
+        s3 = s3 + out[i + 3] * grad_out[i + 3]
+        i = i + 4
+    while i < N:
+        s0 = s0 + out[i] * grad_out[i]
+        i = i + 1
+    mean = (s0 + s1) + (s2 + s3)
+    # the divisor is w_i+ε only where out_i > 0, else 1 (a select, so the loop vectorises)
     for i in range(N):
         o = out[i]
-        d = grad_out[i] - mean
-        grad_gamma = grad_gamma + o * d * log_weights[i]
-        if o > 0.0:
-            grad_weights[i] = gamma * d * (o / (weights[i] + SHARPEN_EPSILON))
-        else:
-            grad_weights[i] = 0.0
-    return grad_gamma
+        d = (grad_out[i] - mean) * gamma
+        grad_weights[i] = d * (o / (weights[i] + SHARPEN_EPSILON if o > 0.0 else 1.0)) if o > 0.0 else 0.0
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    i = 0
+    while i + 4 <= N:
+        s0 = s0 + out[i] * (grad_out[i] - mean) * log_weights[i]
+        s1 = s1 + out[i + 1] * (grad_out[i + 1] - mean) * log_weights[i + 1]
+        s2 = s2 + out[i + 2] * (grad_out[i + 2] - mean) * log_weights[i + 2]
+        s3 = s3 + out[i + 3] * (grad_out[i + 3] - mean) * log_weights[i + 3]
+        i = i + 4
+    while i < N:
+        s0 = s0 + out[i] * (grad_out[i] - mean) * log_weights[i]
+        i = i + 1
+    return (s0 + s1) + (s2 + s3)
 
 
 # ---------------------------------------------------------------- content_weights
@@ -601,7 +629,7 @@ cdef void _ntm_address_backward_row(const floating* memory, const floating* keys
                                     Py_ssize_t H, Py_ssize_t N, Py_ssize_t W,
                                     Py_ssize_t S) noexcept nogil:
     cdef Py_ssize_t h, i
-    cdef double g, grad_g, gwg
+    cdef double g, gwg
     cdef double* wg = work
     cdef double* ws = work + N
     cdef double* gout = work + 2 * N
@@ -628,13 +656,13 @@ cdef void _ntm_address_backward_row(const floating* memory, const floating* keys
         for i in range(S):
             grad_shifts[h * S + i] = gs[i]
         # interpolation
-        grad_g = 0.0
         for i in range(N):
             gwg = gwc[i]
-            grad_g = grad_g + gwg * (content[h * N + i] - weights_prev[h * N + i])
+            wg[i] = content[h * N + i] - weights_prev[h * N + i]
             grad_weights_prev[h * N + i] = (1.0 - g) * gwg
-            gwc[i] = g * gwg
-        grad_gates[h] = grad_g
+        grad_gates[h] = _dot_double(gwc, wg, N)
+        for i in range(N):
+            gwc[i] = g * gwc[i]
         # content weighting
         grad_strengths[h] = _content_head_backward(
             memory, memory_norms, keys + h * W, key_norms[h], strengths[h],

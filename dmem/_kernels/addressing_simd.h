@@ -25,7 +25,7 @@
  *
  * Runtime dispatch (as in linkage_simd.h): on x86 with GCC or clang every
  * function is compiled twice, for the build's baseline ISA (SSE2 on x86-64)
- * and with __attribute__((target("avx2,fma"))); dmem_content_set_simd(1)
+ * and with __attribute__((target("avx2,fma"))); dmem_addressing_set_simd(1)
  * selects the AVX2/FMA version when the CPU supports it.  The two versions
  * round differently (FMA), each deterministically.  Compilers without vector
  * extensions get scalar loops.
@@ -36,8 +36,8 @@
 
 #ifndef DMEM_CW_BODY
 
-#ifndef DMEM_CONTENT_SIMD_H
-#define DMEM_CONTENT_SIMD_H
+#ifndef DMEM_ADDRESSING_SIMD_H
+#define DMEM_ADDRESSING_SIMD_H
 
 #include <math.h>
 #include <stddef.h>
@@ -72,6 +72,8 @@ typedef double dmem_cw_d4 __attribute__((vector_size(32)));
 typedef double dmem_cw_d4u __attribute__((vector_size(32), aligned(sizeof(double)), may_alias));
 typedef long long dmem_cw_i2 __attribute__((vector_size(16)));
 typedef long long dmem_cw_i4 __attribute__((vector_size(32)));
+typedef unsigned long long dmem_cw_u2 __attribute__((vector_size(16)));
+typedef unsigned long long dmem_cw_u4 __attribute__((vector_size(32)));
 typedef float dmem_cw_f2 __attribute__((vector_size(8)));
 typedef float dmem_cw_f2u __attribute__((vector_size(8), aligned(sizeof(float)), may_alias));
 typedef float dmem_cw_f4 __attribute__((vector_size(16)));
@@ -89,6 +91,7 @@ typedef float dmem_cw_f4u __attribute__((vector_size(16), aligned(sizeof(float))
 #define DMEM_CW_FVTU dmem_cw_f2u
 #define DMEM_CW_FVT dmem_cw_f2
 #define DMEM_CW_VI dmem_cw_i2
+#define DMEM_CW_VU dmem_cw_u2
 #if DMEM_CW_X86
 #define DMEM_CW_SQRT(v) ((dmem_cw_d2)_mm_sqrt_pd((__m128d)(v)))
 #endif
@@ -98,12 +101,14 @@ typedef float dmem_cw_f4u __attribute__((vector_size(16), aligned(sizeof(float))
 #endif
 #define DMEM_CW_T double
 #define DMEM_CW_SUFFIX d
-#include "content_simd.h"
+#define DMEM_CW_DOUBLE 1
+#include "addressing_simd.h"
+#undef DMEM_CW_DOUBLE
 #undef DMEM_CW_T
 #undef DMEM_CW_SUFFIX
 #define DMEM_CW_T float
 #define DMEM_CW_SUFFIX f
-#include "content_simd.h"
+#include "addressing_simd.h"
 #undef DMEM_CW_T
 #undef DMEM_CW_SUFFIX
 #undef DMEM_CW_ATTR
@@ -115,6 +120,7 @@ typedef float dmem_cw_f4u __attribute__((vector_size(16), aligned(sizeof(float))
 #undef DMEM_CW_FVT
 #undef DMEM_CW_SQRT
 #undef DMEM_CW_VI
+#undef DMEM_CW_VU
 
 #if DMEM_CW_DISPATCH
 /* ---- AVX2 + FMA ---- */
@@ -126,15 +132,18 @@ typedef float dmem_cw_f4u __attribute__((vector_size(16), aligned(sizeof(float))
 #define DMEM_CW_FVTU dmem_cw_f4u
 #define DMEM_CW_FVT dmem_cw_f4
 #define DMEM_CW_VI dmem_cw_i4
+#define DMEM_CW_VU dmem_cw_u4
 #define DMEM_CW_SQRT(v) ((dmem_cw_d4)_mm256_sqrt_pd((__m256d)(v)))
 #define DMEM_CW_T double
 #define DMEM_CW_SUFFIX d
-#include "content_simd.h"
+#define DMEM_CW_DOUBLE 1
+#include "addressing_simd.h"
+#undef DMEM_CW_DOUBLE
 #undef DMEM_CW_T
 #undef DMEM_CW_SUFFIX
 #define DMEM_CW_T float
 #define DMEM_CW_SUFFIX f
-#include "content_simd.h"
+#include "addressing_simd.h"
 #undef DMEM_CW_T
 #undef DMEM_CW_SUFFIX
 #undef DMEM_CW_ATTR
@@ -146,16 +155,17 @@ typedef float dmem_cw_f4u __attribute__((vector_size(16), aligned(sizeof(float))
 #undef DMEM_CW_FVT
 #undef DMEM_CW_SQRT
 #undef DMEM_CW_VI
+#undef DMEM_CW_VU
 #endif
 #undef DMEM_CW_BODY
 
 /* ---- dispatch ---- */
 
 /* 1 when the AVX2/FMA versions run, 0 for the baseline versions. */
-static int dmem_content_simd = 0;
+static int dmem_addressing_simd = 0;
 
 /* The best level this CPU supports: 1 (AVX2 and FMA) or 0. */
-static int dmem_content_simd_supported(void)
+static int dmem_addressing_simd_supported(void)
 {
 #if DMEM_CW_DISPATCH
     __builtin_cpu_init();
@@ -167,17 +177,17 @@ static int dmem_content_simd_supported(void)
 
 /* Select the versions to run: level 1 asks for AVX2/FMA (granted only when
  * supported), 0 for the baseline.  Returns the level in force. */
-static int dmem_content_set_simd(int level)
+static int dmem_addressing_set_simd(int level)
 {
-    dmem_content_simd = (level > 0 && dmem_content_simd_supported()) ? 1 : 0;
-    return dmem_content_simd;
+    dmem_addressing_simd = (level > 0 && dmem_addressing_simd_supported()) ? 1 : 0;
+    return dmem_addressing_simd;
 }
 
-static int dmem_content_get_simd(void) { return dmem_content_simd; }
+static int dmem_addressing_get_simd(void) { return dmem_addressing_simd; }
 
 #if DMEM_CW_DISPATCH
 #define DMEM_CW_CALL(name, suffix, args) \
-    (dmem_content_simd ? dmem_cw_##name##_##suffix##_avx2 args : dmem_cw_##name##_##suffix##_base args)
+    (dmem_addressing_simd ? dmem_cw_##name##_##suffix##_avx2 args : dmem_cw_##name##_##suffix##_base args)
 #else
 #define DMEM_CW_CALL(name, suffix, args) (dmem_cw_##name##_##suffix##_base args)
 #endif
@@ -228,7 +238,16 @@ static double dmem_content_backward_f(const float *memory, const float *memory_n
                                       row_memory, acc, n, w));
 }
 
-#endif /* DMEM_CONTENT_SIMD_H */
+/* Sharpening of one head (double): log_weights = log(w + 1e-12), out =
+ * softmax(γ log_weights).  The logarithm is the vectorised one when every
+ * w_i + ε is a positive normal number, else libm's. */
+static void dmem_sharpen_forward(const double *weights, double gamma, double *log_weights,
+                                 double *out, Py_ssize_t n)
+{
+    DMEM_CW_CALL(sharpen_forward, d, (weights, gamma, log_weights, out, n));
+}
+
+#endif /* DMEM_ADDRESSING_SIMD_H */
 
 #else /* DMEM_CW_BODY: the functions for one (dtype, instruction set) */
 
@@ -750,6 +769,88 @@ static DMEM_CW_ATTR double FN(backward)(const T_ *memory, const T_ *memory_norms
         grad_key[j] = (T_)(acc[j] - scale * key[j]);
     return grad_strength;
 }
+
+#if DMEM_CW_DOUBLE
+/* log(x) for positive normal x, one value: the algorithm of _log_normal in
+ * addressing.pxd (fdlibm's polynomial after a reduction to [√2/2, √2)). */
+DMEM_CW_INLINE DMEM_CW_ATTR double FN(log1)(double x)
+{
+    union { double d; unsigned long long u; } a, m, e;
+    double dk, f, hfsq, q, z, w, R;
+    a.d = x;
+    a.u += 0x00095f6200000000ULL;
+    m.u = (a.u & 0x000fffffffffffffULL) + 0x3fe6a09e00000000ULL;
+    e.u = (a.u >> 52) | 0x4330000000000000ULL;
+    dk = (e.d - 4503599627370496.0) - 1023.0;
+    f = m.d - 1.0;
+    hfsq = 0.5 * f * f;
+    q = f / (2.0 + f);
+    z = q * q;
+    w = z * z;
+    R = (z * (6.666666666666735130e-01 + w * (2.857142874366239149e-01
+              + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)))
+         + w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01
+                + w * 1.531383769920937332e-01)));
+    return dk * 6.93147180369123816490e-01
+           - ((hfsq - (q * (hfsq + R) + dk * 1.90821492927058770002e-10)) - f);
+}
+
+#if DMEM_CW_VECTORS
+/* The same, lane by lane. */
+DMEM_CW_INLINE DMEM_CW_ATTR VT_ FN(log)(VT_ x)
+{
+    typedef DMEM_CW_VU VU_;
+    VU_ a = (VU_)x + 0x00095f6200000000ULL;
+    VT_ m = (VT_)((a & 0x000fffffffffffffULL) + 0x3fe6a09e00000000ULL);
+    VT_ e = (VT_)((a >> 52) | 0x4330000000000000ULL);
+    VT_ dk = (e - FN(splat)(4503599627370496.0)) - FN(splat)(1023.0);
+    VT_ f = m - FN(splat)(1.0);
+    VT_ hfsq = FN(splat)(0.5) * f * f;
+    VT_ q = f / (FN(splat)(2.0) + f);
+    VT_ z = q * q;
+    VT_ w = z * z;
+    VT_ R = (z * (FN(splat)(6.666666666666735130e-01) + w * (FN(splat)(2.857142874366239149e-01)
+                 + w * (FN(splat)(1.818357216161805012e-01) + w * FN(splat)(1.479819860511658591e-01))))
+             + w * (FN(splat)(3.999999999940941908e-01) + w * (FN(splat)(2.222219843214978396e-01)
+                    + w * FN(splat)(1.531383769920937332e-01))));
+    return dk * FN(splat)(6.93147180369123816490e-01)
+           - ((hfsq - (q * (hfsq + R) + dk * FN(splat)(1.90821492927058770002e-10))) - f);
+}
+#endif
+
+static DMEM_CW_ATTR void FN(sharpen_forward)(const double *weights, double gamma,
+                                             double *log_weights, double *out, Py_ssize_t n)
+{
+    Py_ssize_t i;
+    int normal = 1;
+    for (i = 0; i < n; i++) {
+        double x = weights[i] + 1e-12;
+        log_weights[i] = x;
+        normal &= (x >= 2.2250738585072014e-308) & (x <= 1.7976931348623157e308);
+    }
+    i = 0;
+    if (normal) {
+#if DMEM_CW_VECTORS
+        const VT_ g = FN(splat)(gamma);
+        for (; i + V_ <= n; i += V_) {
+            VT_ l = FN(log)(*(const DMEM_CW_VTU *)(const void *)(log_weights + i));
+            *(DMEM_CW_VTU *)(void *)(log_weights + i) = l;
+            *(DMEM_CW_VTU *)(void *)(out + i) = g * l;
+        }
+#endif
+        for (; i < n; i++) {
+            log_weights[i] = FN(log1)(log_weights[i]);
+            out[i] = gamma * log_weights[i];
+        }
+    } else {
+        for (; i < n; i++) {
+            log_weights[i] = log(weights[i] + 1e-12);
+            out[i] = gamma * log_weights[i];
+        }
+    }
+    FN(softmax)(out, n);
+}
+#endif /* DMEM_CW_DOUBLE */
 
 #undef T_
 #undef V_
