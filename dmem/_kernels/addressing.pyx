@@ -55,6 +55,17 @@ cdef extern from "addressing_simd.h" nogil:
                                    double* acc, Py_ssize_t n, Py_ssize_t w)
     void dmem_sharpen_forward(const double* weights, double gamma, double* log_weights,
                               double* out, Py_ssize_t n)
+    void dmem_shift_forward(const double* weights, const double* shifts, double* out,
+                            Py_ssize_t n, Py_ssize_t S)
+    void dmem_shift_backward(const double* weights, const double* shifts,
+                             const double* grad_out, double* grad_weights,
+                             double* grad_shifts, Py_ssize_t n, Py_ssize_t S)
+    double dmem_sharpen_backward_d(const double* weights, const double* out,
+                                   const double* log_weights, double gamma,
+                                   const double* grad_out, double* grad_weights, Py_ssize_t n)
+    double dmem_sharpen_backward_f(const double* weights, const float* out,
+                                   const double* log_weights, double gamma,
+                                   const double* grad_out, double* grad_weights, Py_ssize_t n)
     int dmem_addressing_simd_supported()
     int dmem_addressing_set_simd(int level)
     int dmem_addressing_get_simd()
@@ -128,7 +139,7 @@ cdef inline double _content_head_backward(const floating* memory, const floating
                                        row_key, row_memory, grad_key_acc, N, W)
 
 
-cdef inline double _dot_double(const double* a, const double* b, Py_ssize_t n) noexcept nogil:
+cdef inline double _sum_products(const double* a, const double* b, Py_ssize_t n) noexcept nogil:
     """``Σ_i a_i b_i`` with four partial sums (a fixed order, and no chain of
     ``n`` dependent additions)."""
     cdef double s0 = 0.0
@@ -148,59 +159,18 @@ cdef inline double _dot_double(const double* a, const double* b, Py_ssize_t n) n
     return (s0 + s1) + (s2 + s3)
 
 
-cdef inline Py_ssize_t _offset(Py_ssize_t k, Py_ssize_t radius, Py_ssize_t N) noexcept nogil:
-    """``(k - r) mod N`` in ``[0, N)``: shift ``k`` moves slot ``i - d`` onto slot ``i``."""
-    cdef Py_ssize_t d = (k - radius) % N
-    if d < 0:
-        d = d + N
-    return d
-
-
 cdef void _shift_forward(const double* weights, const double* shifts, double* out,
                          Py_ssize_t N, Py_ssize_t S) noexcept nogil:
-    """``out_i = Σ_k s_k w_{(i - (k - r)) mod N}``."""
-    cdef Py_ssize_t i, k, d
-    cdef Py_ssize_t radius = S // 2
-    cdef double sk
-    # the first shift initialises ``out`` (no separate zeroing pass)
-    d = _offset(0, radius, N)
-    sk = shifts[0]
-    for i in range(d, N):
-        out[i] = sk * weights[i - d]
-    for i in range(d):
-        out[i] = sk * weights[i - d + N]
-    for k in range(1, S):
-        d = _offset(k, radius, N)
-        sk = shifts[k]
-        for i in range(d, N):
-            out[i] = out[i] + sk * weights[i - d]
-        for i in range(d):
-            out[i] = out[i] + sk * weights[i - d + N]
+    """``out_i = Σ_k s_k w_{(i - (k - r)) mod N}`` (``addressing_simd.h``)."""
+    dmem_shift_forward(weights, shifts, out, N, S)
 
 
 cdef void _shift_backward(const double* weights, const double* shifts,
                           const double* grad_out, double* grad_weights,
                           double* grad_shifts, Py_ssize_t N, Py_ssize_t S) noexcept nogil:
-    """Backward of :func:`_shift_forward`: dL/dw into ``grad_weights``, dL/ds into ``grad_shifts``."""
-    cdef Py_ssize_t i, k, d
-    cdef Py_ssize_t radius = S // 2
-    cdef double sk
-    for k in range(S):
-        d = _offset(k, radius, N)
-        sk = shifts[k]
-        acc = 0.0
-        if k == 0:  # the first shift initialises grad_weights (no zeroing pass)
-            for i in range(d, N):
-                grad_weights[i - d] = sk * grad_out[i]
-            for i in range(d):
-                grad_weights[i - d + N] = sk * grad_out[i]
-        else:
-            for i in range(d, N):
-                grad_weights[i - d] = grad_weights[i - d] + sk * grad_out[i]
-            for i in range(d):
-                grad_weights[i - d + N] = grad_weights[i - d + N] + sk * grad_out[i]
-        grad_shifts[k] = (_dot_double(grad_out + d, weights, N - d)
-                          + _dot_double(grad_out, weights + N - d, d))
+    """Backward of :func:`_shift_forward`: dL/dw into ``grad_weights``, dL/ds into
+    ``grad_shifts`` (``addressing_simd.h``)."""
+    dmem_shift_backward(weights, shifts, grad_out, grad_weights, grad_shifts, N, S)
 
 
 cdef void _sharpen_forward(const double* weights, double gamma, double* log_weights,
@@ -230,44 +200,10 @@ cdef double _sharpen_backward(const double* weights, const floating* out,
     space, ``exp((γ-1) log(w_i+ε) - log Σ_j (w_j+ε)^γ)``, loses ``|γ log w|``
     ulps, which large ``γ`` makes visible, and costs an ``exp``.
     """
-    cdef Py_ssize_t i
-    cdef double s0 = 0.0
-    cdef double s1 = 0.0
-    cdef double s2 = 0.0
-    cdef double s3 = 0.0
-    cdef double mean, d, o
-    # four partial sums (a fixed order; no chain of N dependent additions)
-    i = 0
-    while i + 4 <= N:
-        s0 = s0 + out[i] * grad_out[i]
-        s1 = s1 + out[i + 1] * grad_out[i + 1]
-        s2 = s2 + out[i + 2] * grad_out[i + 2]
-        s3 = s3 + out[i + 3] * grad_out[i + 3]
-        i = i + 4
-    while i < N:
-        s0 = s0 + out[i] * grad_out[i]
-        i = i + 1
-    mean = (s0 + s1) + (s2 + s3)
-    # the divisor is w_i+ε only where out_i > 0, else 1 (a select, so the loop vectorises)
-    for i in range(N):
-        o = out[i]
-        d = (grad_out[i] - mean) * gamma
-        grad_weights[i] = d * (o / (weights[i] + SHARPEN_EPSILON if o > 0.0 else 1.0)) if o > 0.0 else 0.0
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    i = 0
-    while i + 4 <= N:
-        s0 = s0 + out[i] * (grad_out[i] - mean) * log_weights[i]
-        s1 = s1 + out[i + 1] * (grad_out[i + 1] - mean) * log_weights[i + 1]
-        s2 = s2 + out[i + 2] * (grad_out[i + 2] - mean) * log_weights[i + 2]
-        s3 = s3 + out[i + 3] * (grad_out[i + 3] - mean) * log_weights[i + 3]
-        i = i + 4
-    while i < N:
-        s0 = s0 + out[i] * (grad_out[i] - mean) * log_weights[i]
-        i = i + 1
-    return (s0 + s1) + (s2 + s3)
+    if floating is double:
+        return dmem_sharpen_backward_d(weights, out, log_weights, gamma, grad_out, grad_weights, N)
+    else:
+        return dmem_sharpen_backward_f(weights, out, log_weights, gamma, grad_out, grad_weights, N)
 
 
 # ---------------------------------------------------------------- content_weights
@@ -660,7 +596,7 @@ cdef void _ntm_address_backward_row(const floating* memory, const floating* keys
             gwg = gwc[i]
             wg[i] = content[h * N + i] - weights_prev[h * N + i]
             grad_weights_prev[h * N + i] = (1.0 - g) * gwg
-        grad_gates[h] = _dot_double(gwc, wg, N)
+        grad_gates[h] = _sum_products(gwc, wg, N)
         for i in range(N):
             gwc[i] = g * gwc[i]
         # content weighting

@@ -247,6 +247,38 @@ static void dmem_sharpen_forward(const double *weights, double gamma, double *lo
     DMEM_CW_CALL(sharpen_forward, d, (weights, gamma, log_weights, out, n));
 }
 
+/* Circular shift of one head (double), and its backward. */
+static void dmem_shift_forward(const double *weights, const double *shifts, double *out,
+                               Py_ssize_t n, Py_ssize_t S)
+{
+    DMEM_CW_CALL(shift_forward, d, (weights, shifts, out, n, S));
+}
+
+static void dmem_shift_backward(const double *weights, const double *shifts,
+                                const double *grad_out, double *grad_weights,
+                                double *grad_shifts, Py_ssize_t n, Py_ssize_t S)
+{
+    DMEM_CW_CALL(shift_backward, d, (weights, shifts, grad_out, grad_weights, grad_shifts, n, S));
+}
+
+/* Backward of the sharpening of one head from its output (double or float);
+ * returns dL/dγ. */
+static double dmem_sharpen_backward_d(const double *weights, const double *out,
+                                      const double *log_weights, double gamma,
+                                      const double *grad_out, double *grad_weights, Py_ssize_t n)
+{
+    return DMEM_CW_CALL(sharpen_backward, d, (weights, out, log_weights, gamma, grad_out,
+                                              grad_weights, n));
+}
+
+static double dmem_sharpen_backward_f(const double *weights, const float *out,
+                                      const double *log_weights, double gamma,
+                                      const double *grad_out, double *grad_weights, Py_ssize_t n)
+{
+    return DMEM_CW_CALL(sharpen_backward, f, (weights, out, log_weights, gamma, grad_out,
+                                              grad_weights, n));
+}
+
 #endif /* DMEM_ADDRESSING_SIMD_H */
 
 #else /* DMEM_CW_BODY: the functions for one (dtype, instruction set) */
@@ -850,7 +882,139 @@ static DMEM_CW_ATTR void FN(sharpen_forward)(const double *weights, double gamma
     }
     FN(softmax)(out, n);
 }
+
+/* Σ_i a_i b_i (double), two vector accumulators, lanes summed at the end. */
+DMEM_CW_INLINE DMEM_CW_ATTR double FN(dotd)(const double *a, const double *b, Py_ssize_t n)
+{
+    double total;
+    Py_ssize_t i = 0;
+#if DMEM_CW_VECTORS
+    VT_ s0 = FN(splat)(0.0), s1 = FN(splat)(0.0);
+    for (; i + 2 * V_ <= n; i += 2 * V_) {
+        s0 += *(const DMEM_CW_VTU *)(const void *)(a + i) * *(const DMEM_CW_VTU *)(const void *)(b + i);
+        s1 += *(const DMEM_CW_VTU *)(const void *)(a + i + V_)
+              * *(const DMEM_CW_VTU *)(const void *)(b + i + V_);
+    }
+    total = FN(hsum)(s0 + s1);
+#else
+    total = 0.0;
+#endif
+    for (; i < n; i++)
+        total += a[i] * b[i];
+    return total;
+}
+
+/* (k - r) mod n in [0, n): shift k moves slot i - d onto slot i. */
+DMEM_CW_INLINE DMEM_CW_ATTR Py_ssize_t FN(offset)(Py_ssize_t k, Py_ssize_t radius, Py_ssize_t n)
+{
+    Py_ssize_t d = (k - radius) % n;
+    return d < 0 ? d + n : d;
+}
+
+/* out_i = Σ_k s_k w_{(i - (k - r)) mod n}, r = S // 2 (the first shift
+ * initialises out). */
+static DMEM_CW_ATTR void FN(shift_forward)(const double *weights, const double *shifts,
+                                           double *out, Py_ssize_t n, Py_ssize_t S)
+{
+    Py_ssize_t i, k, d;
+    const Py_ssize_t radius = S / 2;
+    double sk;
+    d = FN(offset)(0, radius, n);
+    sk = shifts[0];
+    for (i = d; i < n; i++)
+        out[i] = sk * weights[i - d];
+    for (i = 0; i < d; i++)
+        out[i] = sk * weights[i - d + n];
+    for (k = 1; k < S; k++) {
+        d = FN(offset)(k, radius, n);
+        sk = shifts[k];
+        for (i = d; i < n; i++)
+            out[i] = out[i] + sk * weights[i - d];
+        for (i = 0; i < d; i++)
+            out[i] = out[i] + sk * weights[i - d + n];
+    }
+}
+
+/* Backward of the shift: dL/dw into grad_weights, dL/ds into grad_shifts. */
+static DMEM_CW_ATTR void FN(shift_backward)(const double *weights, const double *shifts,
+                                            const double *grad_out, double *grad_weights,
+                                            double *grad_shifts, Py_ssize_t n, Py_ssize_t S)
+{
+    Py_ssize_t i, k, d;
+    const Py_ssize_t radius = S / 2;
+    double sk;
+    for (k = 0; k < S; k++) {
+        d = FN(offset)(k, radius, n);
+        sk = shifts[k];
+        if (k == 0) {
+            for (i = d; i < n; i++)
+                grad_weights[i - d] = sk * grad_out[i];
+            for (i = 0; i < d; i++)
+                grad_weights[i - d + n] = sk * grad_out[i];
+        } else {
+            for (i = d; i < n; i++)
+                grad_weights[i - d] = grad_weights[i - d] + sk * grad_out[i];
+            for (i = 0; i < d; i++)
+                grad_weights[i - d + n] = grad_weights[i - d + n] + sk * grad_out[i];
+        }
+        grad_shifts[k] = FN(dotd)(grad_out + d, weights, n - d) + FN(dotd)(grad_out, weights + n - d, d);
+    }
+}
 #endif /* DMEM_CW_DOUBLE */
+
+/* Backward of the sharpening from its output; returns dL/dγ.  With
+ * m = Σ_j out_j g_j: dL/dw_i = γ (g_i - m) out_i / (w_i + ε) where out_i > 0,
+ * else 0 (the divisor is 1 there, never w_i + ε), and
+ * dL/dγ = Σ_i out_i (g_i - m) log(w_i + ε). */
+static DMEM_CW_ATTR double FN(sharpen_backward)(const double *weights, const T_ *out,
+                                                const double *log_weights, double gamma,
+                                                const double *grad_out, double *grad_weights,
+                                                Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    double mean, total;
+#if DMEM_CW_VECTORS
+    typedef DMEM_CW_VI VI_;
+    VT_ s0 = FN(splat)(0.0), s1 = FN(splat)(0.0);
+    for (; i + 2 * V_ <= n; i += 2 * V_) {
+        s0 += FN(ld)(out + i) * *(const DMEM_CW_VTU *)(const void *)(grad_out + i);
+        s1 += FN(ld)(out + i + V_) * *(const DMEM_CW_VTU *)(const void *)(grad_out + i + V_);
+    }
+    mean = FN(hsum)(s0 + s1);
+#else
+    mean = 0.0;
+#endif
+    for (; i < n; i++)
+        mean += (double)out[i] * grad_out[i];
+    i = 0;
+#if DMEM_CW_VECTORS
+    {
+        const VT_ vmean = FN(splat)(mean), g = FN(splat)(gamma), zero = FN(splat)(0.0);
+        const VT_ one = FN(splat)(1.0), eps = FN(splat)(1e-12);
+        VT_ acc = zero;
+        for (; i + V_ <= n; i += V_) {
+            VT_ o = FN(ld)(out + i);
+            VT_ d = *(const DMEM_CW_VTU *)(const void *)(grad_out + i) - vmean;
+            VI_ positive = (VI_)(o > zero);
+            VT_ w = *(const DMEM_CW_VTU *)(const void *)(weights + i) + eps;
+            VT_ divisor = (VT_)(((VI_)w & positive) | ((VI_)one & ~positive));
+            VT_ r = (d * g) * (o / divisor);
+            *(DMEM_CW_VTU *)(void *)(grad_weights + i) = (VT_)((VI_)r & positive);
+            acc += o * d * *(const DMEM_CW_VTU *)(const void *)(log_weights + i);
+        }
+        total = FN(hsum)(acc);
+    }
+#else
+    total = 0.0;
+#endif
+    for (; i < n; i++) {
+        double o = out[i];
+        double d = grad_out[i] - mean;
+        total += o * d * log_weights[i];
+        grad_weights[i] = o > 0.0 ? (d * gamma) * (o / (weights[i] + 1e-12)) : 0.0;
+    }
+    return total;
+}
 
 #undef T_
 #undef V_
