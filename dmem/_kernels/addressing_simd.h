@@ -1,7 +1,9 @@
 /*
- * dmem: the loops over memory of the content weighting, one head of one batch
- * row at a time, used by dmem/_kernels/addressing.pyx (content_weights,
- * ntm_address, and through addressing.pxd the fused DNC step).
+ * dmem: the hot loops of NTM addressing, one head of one batch row at a time,
+ * used by dmem/_kernels/addressing.pyx (content_weights, shift, sharpen,
+ * ntm_address; through addressing.pxd also the fused NTM and DNC steps): the
+ * content weighting's passes over memory and its softmax, the sharpening's
+ * logarithm and softmax, the circular shift, and their backward passes.
  *
  * Equations (NTM eq. 5-6, DNC Methods; docs in addressing.pyx), with the
  * ε-norms |k| = √(k·k + ε), |M_i| = √(M_i·M_i + ε), ε = 1e-6:
@@ -21,7 +23,11 @@
  * the end, the same in a group of four and alone: a row's value does not
  * depend on its position.  The square roots and the divisions of a head come
  * after the pass over memory, a vector at a time.  In the backward, one pass
- * over memory forms dL/dM_i and accumulates dL/dk.
+ * over memory forms dL/dM_i and accumulates dL/dk.  exp and log are the
+ * vectorisable ones of addressing.pxd (_exp_nonpositive, _log_normal), written
+ * again here on vectors.  Sums over slots use vector accumulators whose lanes
+ * are added in a fixed order: results depend on the instruction set, never
+ * on the thread count.
  *
  * Runtime dispatch (as in linkage_simd.h): on x86 with GCC or clang every
  * function is compiled twice, for the build's baseline ISA (SSE2 on x86-64)
