@@ -8,7 +8,7 @@
  * Equations (NTM eq. 5-6, DNC Methods; docs in addressing.pyx), with the
  * ε-norms |k| = √(k·k + ε), |M_i| = √(M_i·M_i + ε), ε = 1e-6:
  *
- *     c_i = k·M_i / (|k| |M_i|),        z_i = β c_i    (softmax in addressing.pyx)
+ *     c_i = k·M_i / (|k| |M_i|),        w = softmax(β c)
  *
  *     backward, from dL/dw and the saved w, c, |M_i|, |k|:
  *     gz_i = w_i (g_i - Σ_j w_j g_j),   dL/dβ = Σ_i gz_i c_i,   gc_i = β gz_i
@@ -700,6 +700,69 @@ static DMEM_CW_ATTR double FN(forward)(const T_ *memory, double *norms, int firs
     return key_norm;
 }
 
+/* The pass over memory of the backward (see FN(backward)); inlined twice, with
+ * first = 1 (dL/dM written) and 0 (added), so that the test leaves the loop. */
+DMEM_CW_INLINE DMEM_CW_ATTR void FN(memory_pass)(const T_ *memory, const T_ *key,
+                                                 const double *row_key, const double *row_memory,
+                                                 T_ *grad_memory, double *acc, Py_ssize_t n,
+                                                 Py_ssize_t w, int first)
+{
+    const Py_ssize_t body = w - w % V_;
+    Py_ssize_t i = 0, j;
+    for (; i + 4 <= n; i += 4) {
+        const T_ *m0 = memory + i * w, *m1 = m0 + w, *m2 = m1 + w, *m3 = m2 + w;
+        T_ *g0 = grad_memory + i * w, *g1 = g0 + w, *g2 = g1 + w, *g3 = g2 + w;
+        const VT_ f0 = FN(splat)(row_key[i]), f1 = FN(splat)(row_key[i + 1]);
+        const VT_ f2 = FN(splat)(row_key[i + 2]), f3 = FN(splat)(row_key[i + 3]);
+        const VT_ t0 = FN(splat)(row_memory[i]), t1 = FN(splat)(row_memory[i + 1]);
+        const VT_ t2 = FN(splat)(row_memory[i + 2]), t3 = FN(splat)(row_memory[i + 3]);
+        for (j = 0; j < body; j += V_) {
+            VT_ k = FN(ld)(key + j);
+            VT_ x0 = FN(ld)(m0 + j), x1 = FN(ld)(m1 + j), x2 = FN(ld)(m2 + j), x3 = FN(ld)(m3 + j);
+            VT_ a = *(const DMEM_CW_VTU *)(const void *)(acc + j);
+            a += f0 * x0;
+            a += f1 * x1;
+            a += f2 * x2;
+            a += f3 * x3;
+            *(DMEM_CW_VTU *)(void *)(acc + j) = a;
+            FN(grad_row)(g0 + j, k, x0, f0, t0, first);
+            FN(grad_row)(g1 + j, k, x1, f1, t1, first);
+            FN(grad_row)(g2 + j, k, x2, f2, t2, first);
+            FN(grad_row)(g3 + j, k, x3, f3, t3, first);
+        }
+        for (; j < w; j++) {
+            double kj = key[j];
+            double y0 = m0[j], y1 = m1[j], y2 = m2[j], y3 = m3[j];
+            double a = acc[j];
+            a += row_key[i] * y0;
+            a += row_key[i + 1] * y1;
+            a += row_key[i + 2] * y2;
+            a += row_key[i + 3] * y3;
+            acc[j] = a;
+            FN(grad_one)(g0 + j, kj, y0, row_key[i], row_memory[i], first);
+            FN(grad_one)(g1 + j, kj, y1, row_key[i + 1], row_memory[i + 1], first);
+            FN(grad_one)(g2 + j, kj, y2, row_key[i + 2], row_memory[i + 2], first);
+            FN(grad_one)(g3 + j, kj, y3, row_key[i + 3], row_memory[i + 3], first);
+        }
+    }
+    for (; i < n; i++) {  /* the last rows, one at a time, dL/dM_i as above */
+        const T_ *m0 = memory + i * w;
+        T_ *g0 = grad_memory + i * w;
+        const VT_ f0 = FN(splat)(row_key[i]), t0 = FN(splat)(row_memory[i]);
+        for (j = 0; j < body; j += V_) {
+            VT_ x0 = FN(ld)(m0 + j);
+            VT_ a = *(const DMEM_CW_VTU *)(const void *)(acc + j);
+            *(DMEM_CW_VTU *)(void *)(acc + j) = a + f0 * x0;
+            FN(grad_row)(g0 + j, FN(ld)(key + j), x0, f0, t0, first);
+        }
+        for (; j < w; j++) {
+            double y0 = m0[j];
+            acc[j] = acc[j] + row_key[i] * y0;
+            FN(grad_one)(g0 + j, key[j], y0, row_key[i], row_memory[i], first);
+        }
+    }
+}
+
 static DMEM_CW_ATTR double FN(backward)(const T_ *memory, const T_ *memory_norms,
                                         const T_ *key, double key_norm, double strength,
                                         const T_ *cosines, const T_ *weights,
@@ -707,18 +770,18 @@ static DMEM_CW_ATTR double FN(backward)(const T_ *memory, const T_ *memory_norms
                                         T_ *grad_key, double *row_key, double *row_memory,
                                         double *acc, Py_ssize_t n, Py_ssize_t w)
 {
-    const Py_ssize_t tail = w % V_;
-    const Py_ssize_t body = w - tail;
     const double inverse_key_norm = 1.0 / key_norm;
     double mean, grad_strength, cos_dot, scale;
     Py_ssize_t i, j;
     /* per-row factors: row_key_i = gc_i / (|k||M_i|), row_memory_i = gc_i c_i / |M_i|² */
     {
-        VT_ s = FN(splat)(0.0);
+        VT_ s0 = FN(splat)(0.0), s1 = FN(splat)(0.0);
         i = 0;
-        for (; i + V_ <= n; i += V_)
-            s += FN(ld)(weights + i) * *(const DMEM_CW_VTU *)(const void *)(grad + i);
-        mean = FN(hsum)(s);
+        for (; i + 2 * V_ <= n; i += 2 * V_) {
+            s0 += FN(ld)(weights + i) * *(const DMEM_CW_VTU *)(const void *)(grad + i);
+            s1 += FN(ld)(weights + i + V_) * *(const DMEM_CW_VTU *)(const void *)(grad + i + V_);
+        }
+        mean = FN(hsum)(s0 + s1);
         for (; i < n; i++)
             mean += (double)weights[i] * grad[i];
     }
@@ -753,54 +816,13 @@ static DMEM_CW_ATTR double FN(backward)(const T_ *memory, const T_ *memory_norms
         }
     }
     /* one pass over memory: dL/dM_i = row_key_i k - row_memory_i M_i, and
-     * acc = Σ_i row_key_i M_i (four rows at a time) */
+     * acc = Σ_i row_key_i M_i (rows in order, four at a time) */
     for (j = 0; j < w; j++)
         acc[j] = 0.0;
-    i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const T_ *m0 = memory + i * w, *m1 = m0 + w, *m2 = m1 + w, *m3 = m2 + w;
-        T_ *g0 = grad_memory + i * w, *g1 = g0 + w, *g2 = g1 + w, *g3 = g2 + w;
-        const VT_ f0 = FN(splat)(row_key[i]), f1 = FN(splat)(row_key[i + 1]);
-        const VT_ f2 = FN(splat)(row_key[i + 2]), f3 = FN(splat)(row_key[i + 3]);
-        const VT_ t0 = FN(splat)(row_memory[i]), t1 = FN(splat)(row_memory[i + 1]);
-        const VT_ t2 = FN(splat)(row_memory[i + 2]), t3 = FN(splat)(row_memory[i + 3]);
-        for (j = 0; j < body; j += V_) {
-            VT_ k = FN(ld)(key + j);
-            VT_ x0 = FN(ld)(m0 + j), x1 = FN(ld)(m1 + j), x2 = FN(ld)(m2 + j), x3 = FN(ld)(m3 + j);
-            VT_ a = *(const DMEM_CW_VTU *)(const void *)(acc + j);
-            *(DMEM_CW_VTU *)(void *)(acc + j) = a + ((f0 * x0 + f1 * x1) + (f2 * x2 + f3 * x3));
-            FN(grad_row)(g0 + j, k, x0, f0, t0, first);
-            FN(grad_row)(g1 + j, k, x1, f1, t1, first);
-            FN(grad_row)(g2 + j, k, x2, f2, t2, first);
-            FN(grad_row)(g3 + j, k, x3, f3, t3, first);
-        }
-        for (; j < w; j++) {
-            double kj = key[j];
-            double y0 = m0[j], y1 = m1[j], y2 = m2[j], y3 = m3[j];
-            acc[j] = acc[j] + ((row_key[i] * y0 + row_key[i + 1] * y1)
-                               + (row_key[i + 2] * y2 + row_key[i + 3] * y3));
-            FN(grad_one)(g0 + j, kj, y0, row_key[i], row_memory[i], first);
-            FN(grad_one)(g1 + j, kj, y1, row_key[i + 1], row_memory[i + 1], first);
-            FN(grad_one)(g2 + j, kj, y2, row_key[i + 2], row_memory[i + 2], first);
-            FN(grad_one)(g3 + j, kj, y3, row_key[i + 3], row_memory[i + 3], first);
-        }
-    }
-    for (; i < n; i++) {  /* the last rows, one at a time, dL/dM_i as above */
-        const T_ *m0 = memory + i * w;
-        T_ *g0 = grad_memory + i * w;
-        const VT_ f0 = FN(splat)(row_key[i]), t0 = FN(splat)(row_memory[i]);
-        for (j = 0; j < body; j += V_) {
-            VT_ x0 = FN(ld)(m0 + j);
-            VT_ a = *(const DMEM_CW_VTU *)(const void *)(acc + j);
-            *(DMEM_CW_VTU *)(void *)(acc + j) = a + f0 * x0;
-            FN(grad_row)(g0 + j, FN(ld)(key + j), x0, f0, t0, first);
-        }
-        for (; j < w; j++) {
-            double y0 = m0[j];
-            acc[j] = acc[j] + row_key[i] * y0;
-            FN(grad_one)(g0 + j, key[j], y0, row_key[i], row_memory[i], first);
-        }
-    }
+    if (first)
+        FN(memory_pass)(memory, key, row_key, row_memory, grad_memory, acc, n, w, 1);
+    else
+        FN(memory_pass)(memory, key, row_key, row_memory, grad_memory, acc, n, w, 0);
     /* dL/dk = acc - (Σ_i gc_i c_i) k / |k|² */
     scale = cos_dot * inverse_key_norm * inverse_key_norm;
     for (j = 0; j < w; j++)
