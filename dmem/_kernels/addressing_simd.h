@@ -573,6 +573,38 @@ static DMEM_CW_ATTR void FN(softmax)(double *z, Py_ssize_t n)
         z[i] = z[i] * inverse;
 }
 
+/* Four rows i..i+3 from their dot products z = k·M_i and (first) squared
+ * norms in `norms`: |M_i| = √(M_i·M_i + ε) into norms (first), c_i = k·M_i /
+ * (|k| |M_i|) into cosines, β c_i into z. */
+DMEM_CW_INLINE DMEM_CW_ATTR void FN(finish4)(double *z, double *norms, T_ *cosines,
+                                             double key_norm, double strength, int first)
+{
+#if DMEM_CW_VECTORS
+    const VT_ kn = FN(splat)(key_norm), beta = FN(splat)(strength);
+    int l;
+    for (l = 0; l < 4; l += V_) {
+        VT_ m = *(const DMEM_CW_VTU *)(const void *)(norms + l), c;
+        if (first) {
+            m = FN(sqrt)(m + FN(splat)(DMEM_CW_EPSILON));
+            *(DMEM_CW_VTU *)(void *)(norms + l) = m;
+        }
+        c = *(const DMEM_CW_VTU *)(const void *)(z + l) / (kn * m);
+        FN(st)(cosines + l, c);
+        *(DMEM_CW_VTU *)(void *)(z + l) = beta * c;
+    }
+#else
+    int l;
+    for (l = 0; l < 4; l++) {
+        double c;
+        if (first)
+            norms[l] = sqrt(norms[l] + DMEM_CW_EPSILON);
+        c = z[l] / (key_norm * norms[l]);
+        cosines[l] = (T_)c;
+        z[l] = strength * c;
+    }
+#endif
+}
+
 static DMEM_CW_ATTR double FN(forward)(const T_ *memory, double *norms, int first,
                                        const T_ *key, double strength, T_ *cosines,
                                        double *z, Py_ssize_t n, Py_ssize_t w)
@@ -582,7 +614,9 @@ static DMEM_CW_ATTR double FN(forward)(const T_ *memory, double *norms, int firs
     const double key_norm = sqrt(FN(dot)(key, key, w) + DMEM_CW_EPSILON);
     Py_ssize_t i, j;
     VT_ k, x0, x1, x2, x3, d0, d1, d2, d3, q0, q1, q2, q3;
-    /* dot products k·M_i into z, and, for the first head, M_i·M_i into norms */
+    /* dot products k·M_i into z, and, for the first head, M_i·M_i into norms;
+     * each group of four rows finished at once (square roots and divisions
+     * overlap the next group's products) */
     i = 0;
     if (first) {
         for (; i + 4 <= n; i += 4) {
@@ -620,6 +654,7 @@ static DMEM_CW_ATTR double FN(forward)(const T_ *memory, double *norms, int firs
             }
             FN(hsum4)(d0, d1, d2, d3, z + i);
             FN(hsum4)(q0, q1, q2, q3, norms + i);
+            FN(finish4)(z + i, norms + i, cosines + i, key_norm, strength, 1);
         }
         for (; i < n; i++) {
             const T_ *m0 = memory + i * w;
@@ -639,15 +674,6 @@ static DMEM_CW_ATTR double FN(forward)(const T_ *memory, double *norms, int firs
             z[i] = FN(hsum)(d0);
             norms[i] = FN(hsum)(q0);
         }
-        /* |M_i| = √(M_i·M_i + ε) */
-        i = 0;
-#if DMEM_CW_VECTORS
-        for (; i + V_ <= n; i += V_)
-            *(DMEM_CW_VTU *)(void *)(norms + i) =
-                FN(sqrt)(*(const DMEM_CW_VTU *)(const void *)(norms + i) + FN(splat)(DMEM_CW_EPSILON));
-#endif
-        for (; i < n; i++)
-            norms[i] = sqrt(norms[i] + DMEM_CW_EPSILON);
     } else {
         for (; i + 4 <= n; i += 4) {
             const T_ *m0 = memory + i * w, *m1 = m0 + w, *m2 = m1 + w, *m3 = m2 + w;
@@ -667,6 +693,7 @@ static DMEM_CW_ATTR double FN(forward)(const T_ *memory, double *norms, int firs
                 d3 += k * FN(ld_part)(m3 + j, tail);
             }
             FN(hsum4)(d0, d1, d2, d3, z + i);
+            FN(finish4)(z + i, norms + i, cosines + i, key_norm, strength, 0);
         }
         for (; i < n; i++) {
             const T_ *m0 = memory + i * w;
@@ -678,21 +705,13 @@ static DMEM_CW_ATTR double FN(forward)(const T_ *memory, double *norms, int firs
             z[i] = FN(hsum)(d0);
         }
     }
-    /* c_i = k·M_i / (|k| |M_i|), z_i = β c_i */
-    i = 0;
-#if DMEM_CW_VECTORS
-    {
-        const VT_ kn = FN(splat)(key_norm), beta = FN(splat)(strength);
-        for (; i + V_ <= n; i += V_) {
-            VT_ c = *(const DMEM_CW_VTU *)(const void *)(z + i)
-                    / (kn * *(const DMEM_CW_VTU *)(const void *)(norms + i));
-            FN(st)(cosines + i, c);
-            *(DMEM_CW_VTU *)(void *)(z + i) = beta * c;
-        }
-    }
-#endif
-    for (; i < n; i++) {
-        double c = z[i] / (key_norm * norms[i]);
+    /* the last n % 4 rows: as FN(finish4) does (the same correctly rounded
+     * operations, scalar) */
+    for (i = n - n % 4; i < n; i++) {
+        double c;
+        if (first)
+            norms[i] = sqrt(norms[i] + DMEM_CW_EPSILON);
+        c = z[i] / (key_norm * norms[i]);
         cosines[i] = (T_)c;
         z[i] = strength * c;
     }
