@@ -55,6 +55,20 @@ cdef extern from "addressing_simd.h" nogil:
                                    double* acc, Py_ssize_t n, Py_ssize_t w)
     void dmem_sharpen_forward(const double* weights, double gamma, double* log_weights,
                               double* out, Py_ssize_t n)
+    int dmem_content_backward_heads_d(const double* memory, const double* memory_norms,
+                                      const double* keys, const double* key_norms,
+                                      const double* strengths, const double* cosines,
+                                      const double* weights, const double* grad,
+                                      double* grad_memory, double* grad_keys,
+                                      double* grad_strengths, Py_ssize_t h, Py_ssize_t n,
+                                      Py_ssize_t w)
+    int dmem_content_backward_heads_f(const float* memory, const float* memory_norms,
+                                      const float* keys, const float* key_norms,
+                                      const float* strengths, const float* cosines,
+                                      const float* weights, const float* grad,
+                                      float* grad_memory, float* grad_keys,
+                                      float* grad_strengths, Py_ssize_t h, Py_ssize_t n,
+                                      Py_ssize_t w)
     void dmem_shift_forward(const double* weights, const double* shifts, double* out,
                             Py_ssize_t n, Py_ssize_t S)
     void dmem_shift_backward(const double* weights, const double* shifts,
@@ -265,6 +279,20 @@ cdef void _content_weights_backward_row(const floating* memory, const floating* 
     cdef double* row_key = work + N
     cdef double* row_memory = work + 2 * N
     cdef double* grad_key_acc = work + 3 * N
+    cdef int status
+    if H > 1:  # all heads in one pass over memory (addressing_simd.h); -1: no scratch
+        if floating is double:
+            status = dmem_content_backward_heads_d(memory, memory_norms, keys, key_norms,
+                                                   strengths, cosines, weights, grad,
+                                                   grad_memory, grad_keys, grad_strengths,
+                                                   H, N, W)
+        else:
+            status = dmem_content_backward_heads_f(memory, memory_norms, keys, key_norms,
+                                                   strengths, cosines, weights, grad,
+                                                   grad_memory, grad_keys, grad_strengths,
+                                                   H, N, W)
+        if status == 0:
+            return
     for h in range(H):
         for i in range(N):
             grad_head[i] = grad[h * N + i]

@@ -47,6 +47,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #if defined(__GNUC__)
 #define DMEM_CW_VECTORS 1
@@ -251,6 +252,34 @@ static void dmem_sharpen_forward(const double *weights, double gamma, double *lo
                                  double *out, Py_ssize_t n)
 {
     DMEM_CW_CALL(sharpen_forward, d, (weights, gamma, log_weights, out, n));
+}
+
+/* Backward of all heads of a batch row (h >= 2), see FN(backward_heads):
+ * returns -1 (nothing written) when out of memory, else 0. */
+static int dmem_content_backward_heads_d(const double *memory, const double *memory_norms,
+                                         const double *keys, const double *key_norms,
+                                         const double *strengths, const double *cosines,
+                                         const double *weights, const double *grad,
+                                         double *grad_memory, double *grad_keys,
+                                         double *grad_strengths, Py_ssize_t h, Py_ssize_t n,
+                                         Py_ssize_t w)
+{
+    return DMEM_CW_CALL(backward_heads, d, (memory, memory_norms, keys, key_norms, strengths,
+                                            cosines, weights, grad, grad_memory, grad_keys,
+                                            grad_strengths, h, n, w));
+}
+
+static int dmem_content_backward_heads_f(const float *memory, const float *memory_norms,
+                                         const float *keys, const float *key_norms,
+                                         const float *strengths, const float *cosines,
+                                         const float *weights, const float *grad,
+                                         float *grad_memory, float *grad_keys,
+                                         float *grad_strengths, Py_ssize_t h, Py_ssize_t n,
+                                         Py_ssize_t w)
+{
+    return DMEM_CW_CALL(backward_heads, f, (memory, memory_norms, keys, key_norms, strengths,
+                                            cosines, weights, grad, grad_memory, grad_keys,
+                                            grad_strengths, h, n, w));
 }
 
 /* Circular shift of one head (double), and its backward. */
@@ -1061,6 +1090,181 @@ static DMEM_CW_ATTR double FN(sharpen_backward)(const double *weights, const T_ 
         grad_weights[i] = o > 0.0 ? (d * gamma) * (o / (weights[i] + 1e-12)) : 0.0;
     }
     return total;
+}
+
+/* Backward of all h_count heads of a batch row at once (h_count >= 2): the
+ * per-head factors first, then one pass over memory for all heads, where
+ *     dL/dM_i = Σ_h row_key_h,i k_h - (Σ_h row_memory_h,i) M_i
+ * is formed once (written, never read back) and every head's Σ_i row_key_h,i M_i
+ * accumulated.  Reads dL/dw from `grad` (h_count x n, T_).  Scratch from
+ * malloc; returns -1 (nothing written) when there is none, else 0. */
+static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_norms,
+                                           const T_ *keys, const T_ *key_norms,
+                                           const T_ *strengths, const T_ *cosines,
+                                           const T_ *weights, const T_ *grad,
+                                           T_ *grad_memory, T_ *grad_keys, T_ *grad_strengths,
+                                           Py_ssize_t hc, Py_ssize_t n, Py_ssize_t w)
+{
+    const Py_ssize_t body = w - w % V_;
+    /* factors[i * hc + h] = row_key_h,i; total[i] = Σ_h row_memory_h,i;
+     * acc[h * w + j]; cos_dot[h] */
+    double *block = (double *)malloc(sizeof(double) * (size_t)(hc * n + n + hc * w + hc));
+    double *factors, *total, *acc, *cos_dot;
+    Py_ssize_t h, i, j;
+    if (block == NULL)
+        return -1;
+    factors = block;
+    total = factors + hc * n;
+    acc = total + n;
+    cos_dot = acc + hc * w;
+    for (h = 0; h < hc; h++) {
+        const T_ *wt = weights + h * n, *c_h = cosines + h * n;
+        const T_ *g_h = grad + h * n;
+        const double inverse_key_norm = 1.0 / (double)key_norms[h];
+        const double strength = strengths[h];
+        double mean, grad_strength = 0.0, cd = 0.0;
+        VT_ s0 = FN(splat)(0.0), s1 = FN(splat)(0.0);
+        i = 0;
+        for (; i + 2 * V_ <= n; i += 2 * V_) {
+            s0 += FN(ld)(wt + i) * FN(ld)(g_h + i);
+            s1 += FN(ld)(wt + i + V_) * FN(ld)(g_h + i + V_);
+        }
+        mean = FN(hsum)(s0 + s1);
+        for (; i < n; i++)
+            mean += (double)wt[i] * (double)g_h[i];
+        {
+            VT_ gs = FN(splat)(0.0), cs = FN(splat)(0.0);
+            i = 0;
+#if DMEM_CW_VECTORS
+            {
+                const VT_ vmean = FN(splat)(mean), beta = FN(splat)(strength);
+                const VT_ ikn = FN(splat)(inverse_key_norm), one = FN(splat)(1.0);
+                for (; i + V_ <= n; i += V_) {
+                    VT_ c = FN(ld)(c_h + i);
+                    VT_ gz = FN(ld)(wt + i) * (FN(ld)(g_h + i) - vmean);
+                    VT_ gc = gz * beta;
+                    VT_ u = one / FN(ld)(memory_norms + i);
+                    VT_ rk = gc * ikn * u, rm = gc * c * u * u;
+                    Py_ssize_t l;
+                    gs += gz * c;
+                    cs += gc * c;
+                    for (l = 0; l < V_; l++)
+                        factors[(i + l) * hc + h] = rk[l];
+                    if (h == 0)
+                        *(DMEM_CW_VTU *)(void *)(total + i) = rm;
+                    else
+                        *(DMEM_CW_VTU *)(void *)(total + i) = *(const DMEM_CW_VTU *)(const void *)(total + i) + rm;
+                }
+            }
+#endif
+            grad_strength = FN(hsum)(gs);
+            cd = FN(hsum)(cs);
+        }
+        for (; i < n; i++) {
+            double c = c_h[i];
+            double gz = wt[i] * ((double)g_h[i] - mean);
+            double gc = gz * strength;
+            double u = 1.0 / memory_norms[i];
+            grad_strength += gz * c;
+            cd += gc * c;
+            factors[i * hc + h] = gc * inverse_key_norm * u;
+            total[i] = h == 0 ? gc * c * u * u : total[i] + gc * c * u * u;
+        }
+        grad_strengths[h] = (T_)grad_strength;
+        cos_dot[h] = cd;
+    }
+    for (j = 0; j < hc * w; j++)
+        acc[j] = 0.0;
+    /* dL/dM_i = -t_i M_i + Σ_h f_h,i k_h (heads in order), rows four at a time
+     * (acc_h read and written once per group), the last n % 4 alone */
+    for (i = 0; i + 4 <= n; i += 4) {
+        const T_ *m0 = memory + i * w, *m1 = m0 + w, *m2 = m1 + w, *m3 = m2 + w;
+        T_ *g0 = grad_memory + i * w, *g1 = g0 + w, *g2 = g1 + w, *g3 = g2 + w;
+        const double *f0 = factors + i * hc, *f1 = f0 + hc, *f2 = f1 + hc, *f3 = f2 + hc;
+        const VT_ t0 = FN(splat)(total[i]), t1 = FN(splat)(total[i + 1]);
+        const VT_ t2 = FN(splat)(total[i + 2]), t3 = FN(splat)(total[i + 3]);
+        for (j = 0; j < body; j += V_) {
+            VT_ x0 = FN(ld)(m0 + j), x1 = FN(ld)(m1 + j), x2 = FN(ld)(m2 + j), x3 = FN(ld)(m3 + j);
+            VT_ d0 = -(t0 * x0), d1 = -(t1 * x1), d2 = -(t2 * x2), d3 = -(t3 * x3);
+            for (h = 0; h < hc; h++) {
+                const VT_ k = FN(ld)(keys + h * w + j);
+                const VT_ e0 = FN(splat)(f0[h]), e1 = FN(splat)(f1[h]);
+                const VT_ e2 = FN(splat)(f2[h]), e3 = FN(splat)(f3[h]);
+                double *a = acc + h * w + j;
+                VT_ av = *(const DMEM_CW_VTU *)(const void *)a;
+                d0 += e0 * k;
+                d1 += e1 * k;
+                d2 += e2 * k;
+                d3 += e3 * k;
+                av += e0 * x0;
+                av += e1 * x1;
+                av += e2 * x2;
+                av += e3 * x3;
+                *(DMEM_CW_VTU *)(void *)a = av;
+            }
+            FN(st)(g0 + j, d0);
+            FN(st)(g1 + j, d1);
+            FN(st)(g2 + j, d2);
+            FN(st)(g3 + j, d3);
+        }
+        for (; j < w; j++) {
+            double y0 = m0[j], y1 = m1[j], y2 = m2[j], y3 = m3[j];
+            double d0 = -(total[i] * y0), d1 = -(total[i + 1] * y1);
+            double d2 = -(total[i + 2] * y2), d3 = -(total[i + 3] * y3);
+            for (h = 0; h < hc; h++) {
+                const double k = keys[h * w + j];
+                double a = acc[h * w + j];
+                d0 += f0[h] * k;
+                d1 += f1[h] * k;
+                d2 += f2[h] * k;
+                d3 += f3[h] * k;
+                a += f0[h] * y0;
+                a += f1[h] * y1;
+                a += f2[h] * y2;
+                a += f3[h] * y3;
+                acc[h * w + j] = a;
+            }
+            g0[j] = (T_)d0;
+            g1[j] = (T_)d1;
+            g2[j] = (T_)d2;
+            g3[j] = (T_)d3;
+        }
+    }
+    for (; i < n; i++) {
+        const T_ *m = memory + i * w;
+        T_ *g = grad_memory + i * w;
+        const double *f = factors + i * hc;
+        const VT_ t = FN(splat)(total[i]);
+        for (j = 0; j < body; j += V_) {
+            VT_ x = FN(ld)(m + j);
+            VT_ d = -(t * x);
+            for (h = 0; h < hc; h++) {
+                const VT_ e = FN(splat)(f[h]);
+                double *a = acc + h * w + j;
+                d += e * FN(ld)(keys + h * w + j);
+                *(DMEM_CW_VTU *)(void *)a = *(const DMEM_CW_VTU *)(const void *)a + e * x;
+            }
+            FN(st)(g + j, d);
+        }
+        for (; j < w; j++) {
+            double x = m[j];
+            double d = -(total[i] * x);
+            for (h = 0; h < hc; h++) {
+                d += f[h] * (double)keys[h * w + j];
+                acc[h * w + j] += f[h] * x;
+            }
+            g[j] = (T_)d;
+        }
+    }
+    /* dL/dk_h = acc_h - (Σ_i gc_h,i c_h,i) k_h / |k_h|² */
+    for (h = 0; h < hc; h++) {
+        const double inverse_key_norm = 1.0 / (double)key_norms[h];
+        const double scale = cos_dot[h] * inverse_key_norm * inverse_key_norm;
+        for (j = 0; j < w; j++)
+            grad_keys[h * w + j] = (T_)(acc[h * w + j] - scale * (double)keys[h * w + j]);
+    }
+    free(block);
+    return 0;
 }
 
 #undef T_
