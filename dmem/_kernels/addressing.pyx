@@ -12,8 +12,17 @@ given by the wrapper: intermediate quantities are kept in double precision
 whatever the dtype of the inputs.  The per-head helpers below are shared by the
 separate ops and the fused ``ntm_address``, so that the fused kernel computes
 what the chain of separate kernels computes; the shift and sharpening helpers
-also by the fused NTM step (``ntm_step.pyx``), through ``addressing.pxd``,
-which holds the softmax and the vectorisable exp and log they use.
+also by the fused NTM step (``ntm_step.pyx``), and the per-row content
+weighting by the fused DNC step (``dnc_step.pyx``), through ``addressing.pxd``.
+Several heads of a batch row share one pass over memory in the content
+weighting's backward (scratch from ``malloc``; without it, one pass per head).
+
+Instruction sets: the loops of the helpers (the content weighting's passes over
+memory, softmax, shift, the sharpening's log and softmax, their backward
+passes) are C, in ``addressing_simd.h``, compiled for the build's baseline ISA
+(SSE2 on x86-64) and, on x86, also for AVX2/FMA; the AVX2/FMA loops run when
+the CPU has them (:func:`simd_level`).  The two round differently, each
+deterministically; both are tested against the reference.
 
 Backward passes divide only by the ``√(x·x + ε)`` norms (≥ 1e-3) and, in the
 sharpening, by ``w_i + ε`` where the output ``out_i`` is positive (which
@@ -22,11 +31,6 @@ implies ``w_i + ε > 0``; the quotient ``out_i / (w_i+ε)`` is at most 1e12).
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport log, sqrt
-
-cdef double COSINE_EPSILON = 1e-6
-cdef double SHARPEN_EPSILON = 1e-12
-
 
 # ---------------------------------------------------------------- content helpers
 #
