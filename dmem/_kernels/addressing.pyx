@@ -31,6 +31,7 @@ implies ``w_i + ε > 0``; the quotient ``out_i / (w_i+ε)`` is at most 1e12).
 
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
 
 # ---------------------------------------------------------------- content helpers
 #
@@ -63,6 +64,7 @@ cdef extern from "addressing_simd.h" nogil:
                                       const double* keys, const double* key_norms,
                                       const double* strengths, const double* cosines,
                                       const double* weights, const double* grad,
+                                      const double* grad_double,
                                       double* grad_memory, double* grad_keys,
                                       double* grad_strengths, Py_ssize_t h, Py_ssize_t n,
                                       Py_ssize_t w)
@@ -70,6 +72,7 @@ cdef extern from "addressing_simd.h" nogil:
                                       const float* keys, const float* key_norms,
                                       const float* strengths, const float* cosines,
                                       const float* weights, const float* grad,
+                                      const double* grad_double,
                                       float* grad_memory, float* grad_keys,
                                       float* grad_strengths, Py_ssize_t h, Py_ssize_t n,
                                       Py_ssize_t w)
@@ -287,12 +290,12 @@ cdef void _content_weights_backward_row(const floating* memory, const floating* 
     if H > 1:  # all heads in one pass over memory (addressing_simd.h); -1: no scratch
         if floating is double:
             status = dmem_content_backward_heads_d(memory, memory_norms, keys, key_norms,
-                                                   strengths, cosines, weights, grad,
+                                                   strengths, cosines, weights, grad, NULL,
                                                    grad_memory, grad_keys, grad_strengths,
                                                    H, N, W)
         else:
             status = dmem_content_backward_heads_f(memory, memory_norms, keys, key_norms,
-                                                   strengths, cosines, weights, grad,
+                                                   strengths, cosines, weights, grad, NULL,
                                                    grad_memory, grad_keys, grad_strengths,
                                                    H, N, W)
         if status == 0:
@@ -608,7 +611,15 @@ cdef void _ntm_address_backward_row(const floating* memory, const floating* keys
     cdef double* s = work + 7 * N
     cdef double* gs = work + 7 * N + S
     cdef double* grad_key_acc = work + 7 * N + 2 * S
+    # With several heads, the content weighting's backward runs once for all of
+    # them (one pass over memory) from their gradients kept in ``all_gwc``.
+    cdef double* all_gwc = NULL
+    cdef int status = -1
+    if H > 1:
+        all_gwc = <double*>malloc(H * N * sizeof(double))
     for h in range(H):
+        if all_gwc != NULL:
+            gwc = all_gwc + h * N
         # Recompute the interpolated and shifted weightings (O(N S)).
         g = gates[h]
         for i in range(N):
@@ -632,10 +643,30 @@ cdef void _ntm_address_backward_row(const floating* memory, const floating* keys
         for i in range(N):
             gwc[i] = g * gwc[i]
         # content weighting
+        if all_gwc != NULL:
+            continue
         grad_strengths[h] = _content_head_backward(
             memory, memory_norms, keys + h * W, key_norms[h], strengths[h],
             cosines + h * N, content + h * N, gwc, h == 0,
             grad_memory, grad_keys + h * W, row_key, row_memory, grad_key_acc, N, W)
+    if all_gwc != NULL:
+        if floating is double:
+            status = dmem_content_backward_heads_d(memory, memory_norms, keys, key_norms,
+                                                   strengths, cosines, content, NULL, all_gwc,
+                                                   grad_memory, grad_keys, grad_strengths,
+                                                   H, N, W)
+        else:
+            status = dmem_content_backward_heads_f(memory, memory_norms, keys, key_norms,
+                                                   strengths, cosines, content, NULL, all_gwc,
+                                                   grad_memory, grad_keys, grad_strengths,
+                                                   H, N, W)
+        if status != 0:  # no scratch for the joint pass: one pass per head
+            for h in range(H):
+                grad_strengths[h] = _content_head_backward(
+                    memory, memory_norms, keys + h * W, key_norms[h], strengths[h],
+                    cosines + h * N, content + h * N, all_gwc + h * N, h == 0,
+                    grad_memory, grad_keys + h * W, row_key, row_memory, grad_key_acc, N, W)
+        free(all_gwc)
 
 
 def ntm_address_backward(const floating[:, :, ::1] memory,

@@ -254,18 +254,20 @@ static void dmem_sharpen_forward(const double *weights, double gamma, double *lo
     DMEM_CW_CALL(sharpen_forward, d, (weights, gamma, log_weights, out, n));
 }
 
-/* Backward of all heads of a batch row (h >= 2), see FN(backward_heads):
- * returns -1 (nothing written) when out of memory, else 0. */
+/* Backward of all heads of a batch row (h >= 2), see FN(backward_heads), from
+ * dL/dw in `grad` or, when NULL, in `grad_double`: returns -1 (nothing
+ * written) when out of memory, else 0. */
 static int dmem_content_backward_heads_d(const double *memory, const double *memory_norms,
                                          const double *keys, const double *key_norms,
                                          const double *strengths, const double *cosines,
                                          const double *weights, const double *grad,
+                                         const double *grad_double,
                                          double *grad_memory, double *grad_keys,
                                          double *grad_strengths, Py_ssize_t h, Py_ssize_t n,
                                          Py_ssize_t w)
 {
     return DMEM_CW_CALL(backward_heads, d, (memory, memory_norms, keys, key_norms, strengths,
-                                            cosines, weights, grad, grad_memory, grad_keys,
+                                            cosines, weights, grad, grad_double, grad_memory, grad_keys,
                                             grad_strengths, h, n, w));
 }
 
@@ -273,12 +275,13 @@ static int dmem_content_backward_heads_f(const float *memory, const float *memor
                                          const float *keys, const float *key_norms,
                                          const float *strengths, const float *cosines,
                                          const float *weights, const float *grad,
+                                         const double *grad_double,
                                          float *grad_memory, float *grad_keys,
                                          float *grad_strengths, Py_ssize_t h, Py_ssize_t n,
                                          Py_ssize_t w)
 {
     return DMEM_CW_CALL(backward_heads, f, (memory, memory_norms, keys, key_norms, strengths,
-                                            cosines, weights, grad, grad_memory, grad_keys,
+                                            cosines, weights, grad, grad_double, grad_memory, grad_keys,
                                             grad_strengths, h, n, w));
 }
 
@@ -1092,16 +1095,26 @@ static DMEM_CW_ATTR double FN(sharpen_backward)(const double *weights, const T_ 
     return total;
 }
 
+/* V_ values of dL/dw from i: of g (T_), or, when `from_double`, of gd. */
+DMEM_CW_INLINE DMEM_CW_ATTR VT_ FN(ldg)(const T_ *g, const double *gd, Py_ssize_t i, int from_double)
+{
+    if (from_double)
+        return *(const DMEM_CW_VTU *)(const void *)(gd + i);
+    return FN(ld)(g + i);
+}
+
 /* Backward of all h_count heads of a batch row at once (h_count >= 2): the
  * per-head factors first, then one pass over memory for all heads, where
  *     dL/dM_i = Σ_h row_key_h,i k_h - (Σ_h row_memory_h,i) M_i
  * is formed once (written, never read back) and every head's Σ_i row_key_h,i M_i
- * accumulated.  Reads dL/dw from `grad` (h_count x n, T_).  Scratch from
- * malloc; returns -1 (nothing written) when there is none, else 0. */
+ * accumulated.  Reads dL/dw from `grad` (h_count x n, T_), or, when it is
+ * NULL, from `grad_double` (double).  Scratch from malloc; returns -1
+ * (nothing written) when there is none, else 0. */
 static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_norms,
                                            const T_ *keys, const T_ *key_norms,
                                            const T_ *strengths, const T_ *cosines,
                                            const T_ *weights, const T_ *grad,
+                                           const double *grad_double,
                                            T_ *grad_memory, T_ *grad_keys, T_ *grad_strengths,
                                            Py_ssize_t hc, Py_ssize_t n, Py_ssize_t w)
 {
@@ -1120,18 +1133,19 @@ static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_no
     for (h = 0; h < hc; h++) {
         const T_ *wt = weights + h * n, *c_h = cosines + h * n;
         const T_ *g_h = grad + h * n;
+        const double *gd_h = grad_double + h * n;
         const double inverse_key_norm = 1.0 / (double)key_norms[h];
         const double strength = strengths[h];
         double mean, grad_strength = 0.0, cd = 0.0;
         VT_ s0 = FN(splat)(0.0), s1 = FN(splat)(0.0);
         i = 0;
         for (; i + 2 * V_ <= n; i += 2 * V_) {
-            s0 += FN(ld)(wt + i) * FN(ld)(g_h + i);
-            s1 += FN(ld)(wt + i + V_) * FN(ld)(g_h + i + V_);
+            s0 += FN(ld)(wt + i) * FN(ldg)(g_h, gd_h, i, grad == NULL);
+            s1 += FN(ld)(wt + i + V_) * FN(ldg)(g_h, gd_h, i + V_, grad == NULL);
         }
         mean = FN(hsum)(s0 + s1);
         for (; i < n; i++)
-            mean += (double)wt[i] * (double)g_h[i];
+            mean += (double)wt[i] * (grad == NULL ? gd_h[i] : (double)g_h[i]);
         {
             VT_ gs = FN(splat)(0.0), cs = FN(splat)(0.0);
             i = 0;
@@ -1141,7 +1155,7 @@ static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_no
                 const VT_ ikn = FN(splat)(inverse_key_norm), one = FN(splat)(1.0);
                 for (; i + V_ <= n; i += V_) {
                     VT_ c = FN(ld)(c_h + i);
-                    VT_ gz = FN(ld)(wt + i) * (FN(ld)(g_h + i) - vmean);
+                    VT_ gz = FN(ld)(wt + i) * (FN(ldg)(g_h, gd_h, i, grad == NULL) - vmean);
                     VT_ gc = gz * beta;
                     VT_ u = one / FN(ld)(memory_norms + i);
                     VT_ rk = gc * ikn * u, rm = gc * c * u * u;
@@ -1162,7 +1176,7 @@ static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_no
         }
         for (; i < n; i++) {
             double c = c_h[i];
-            double gz = wt[i] * ((double)g_h[i] - mean);
+            double gz = wt[i] * ((grad == NULL ? gd_h[i] : (double)g_h[i]) - mean);
             double gc = gz * strength;
             double u = 1.0 / memory_norms[i];
             grad_strength += gz * c;
