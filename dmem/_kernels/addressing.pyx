@@ -20,9 +20,9 @@ weighting's backward (scratch from ``malloc``; without it, one pass per head).
 Instruction sets: the loops of the helpers (the content weighting's passes over
 memory, softmax, shift, the sharpening's log and softmax, their backward
 passes) are C, in ``addressing_simd.h``, compiled for the build's baseline ISA
-(SSE2 on x86-64) and, on x86, also for AVX2/FMA; the AVX2/FMA loops run when
-the CPU has them (:func:`simd_level`).  The two round differently, each
-deterministically; both are tested against the reference.
+(SSE2 on x86-64) and, on x86, also for AVX2/FMA and for AVX-512; the widest
+the CPU has runs (:func:`simd_level`).  They round differently, each
+deterministically; all are tested against the reference.
 
 Backward passes divide only by the ``√(x·x + ε)`` norms (≥ 1e-3) and, in the
 sharpening, by ``w_i + ε`` where the output ``out_i`` is positive (which
@@ -36,8 +36,9 @@ from libc.stdlib cimport free, malloc
 # ---------------------------------------------------------------- content helpers
 #
 # The loops over memory of the content weighting are C, in addressing_simd.h: rows
-# four at a time, one vector of the word at a time, in a baseline version and
-# an AVX2/FMA one chosen at import (:func:`simd_level`).
+# four at a time, one vector of the word at a time, in a baseline version, an
+# AVX2/FMA one and an AVX-512 one, the widest the CPU has chosen at import
+# (:func:`simd_level`).
 
 cdef extern from "addressing_simd.h" nogil:
     double dmem_content_forward_d(const double* memory, double* norms, int first,
@@ -92,19 +93,31 @@ cdef extern from "addressing_simd.h" nogil:
     int dmem_addressing_get_simd()
 
 
-dmem_addressing_set_simd(1)
+dmem_addressing_set_simd(2)
+
+_SIMD_LEVELS = ("baseline", "avx2+fma", "avx512")
 
 
 def simd_level():
-    """The instruction set of the content-weighting loops: ``"avx2+fma"`` or
-    ``"baseline"`` (the build's own, e.g. SSE2 on x86-64, NEON on aarch64)."""
-    return "avx2+fma" if dmem_addressing_get_simd() else "baseline"
+    """The instruction set of the addressing loops: ``"avx512"`` (AVX-512 F/VL/DQ
+    with AVX2 and FMA), ``"avx2+fma"`` or ``"baseline"`` (the build's own, e.g.
+    SSE2 on x86-64, NEON on aarch64)."""
+    return _SIMD_LEVELS[dmem_addressing_get_simd()]
 
 
-def _set_simd(bint enabled):
-    """Use the AVX2/FMA loops when ``enabled`` and the CPU has them, else the
-    baseline ones (for tests).  Returns :func:`simd_level`."""
-    dmem_addressing_set_simd(1 if enabled else 0)
+def simd_levels_supported():
+    """The levels :func:`_set_simd` can select on this CPU, baseline first."""
+    return _SIMD_LEVELS[:dmem_addressing_simd_supported() + 1]
+
+
+def _set_simd(level):
+    """Select the loops (for tests and benchmarks): ``True`` for the best this CPU
+    has, ``False`` for the baseline ones, or a name from :func:`simd_levels_supported`
+    (a level the CPU lacks gives the best below it).  Returns :func:`simd_level`."""
+    if level is True or level is False:
+        dmem_addressing_set_simd(2 if level else 0)
+    else:
+        dmem_addressing_set_simd(_SIMD_LEVELS.index(level))
     return simd_level()
 
 

@@ -16,25 +16,28 @@
  *     dL/dM_i = gc_i k / (|k||M_i|) - gc_i c_i M_i / |M_i|²
  *
  * How: memory rows four at a time, one vector of the word at a time (16 bytes
- * in the baseline version, 32 in the AVX2 one), with GCC/clang vector
- * extensions; float inputs are widened to double on load, so every sum runs in
+ * in the baseline version, 32 in the AVX2 one, 64 in the AVX-512 one), with
+ * GCC/clang vector extensions; float inputs are widened to double on load, so every sum runs in
  * double whatever the dtype.  A row's dot products are one vector accumulator
  * per row, over the word in order, summed over the lanes in a fixed order at
  * the end, the same in a group of four and alone: a row's value does not
- * depend on its position.  The square roots and the divisions of a head come
- * after the pass over memory, a vector at a time.  In the backward, one pass
- * over memory forms dL/dM_i and accumulates dL/dk.  exp and log are the
+ * depend on its position.  The square roots and divisions of a group of four
+ * rows follow its dot products (they overlap the next group's).  In the
+ * backward, one pass over memory forms dL/dM_i and accumulates dL/dk (for
+ * every head at once when a batch row has several).  exp and log are the
  * vectorisable ones of addressing.pxd (_exp_nonpositive, _log_normal), written
  * again here on vectors.  Sums over slots use vector accumulators whose lanes
  * are added in a fixed order: results depend on the instruction set, never
  * on the thread count.
  *
  * Runtime dispatch (as in linkage_simd.h): on x86 with GCC or clang every
- * function is compiled twice, for the build's baseline ISA (SSE2 on x86-64)
- * and with __attribute__((target("avx2,fma"))); dmem_addressing_set_simd(1)
- * selects the AVX2/FMA version when the CPU supports it.  The two versions
- * round differently (FMA), each deterministically.  Compilers without vector
- * extensions get scalar loops.
+ * function is compiled three times, for the build's baseline ISA (SSE2 on
+ * x86-64), with __attribute__((target("avx2,fma"))) and with AVX-512 F/VL/DQ
+ * as well (64-byte vectors; the last w % 8 values of a memory row go through
+ * masked loads and stores).  dmem_addressing_set_simd(level) selects the
+ * versions, never above what the CPU supports; addressing.pyx asks for the
+ * widest at import.  The versions round differently (FMA, lane counts), each
+ * deterministically.  Compilers without vector extensions get scalar loops.
  *
  * The file includes itself once per (dtype, instruction set), with
  * DMEM_CW_BODY defined, for the bodies of the functions.
@@ -85,6 +88,12 @@ typedef float dmem_cw_f2 __attribute__((vector_size(8)));
 typedef float dmem_cw_f2u __attribute__((vector_size(8), aligned(sizeof(float)), may_alias));
 typedef float dmem_cw_f4 __attribute__((vector_size(16)));
 typedef float dmem_cw_f4u __attribute__((vector_size(16), aligned(sizeof(float)), may_alias));
+typedef double dmem_cw_d8 __attribute__((vector_size(64)));
+typedef double dmem_cw_d8u __attribute__((vector_size(64), aligned(sizeof(double)), may_alias));
+typedef float dmem_cw_f8 __attribute__((vector_size(32)));
+typedef float dmem_cw_f8u __attribute__((vector_size(32), aligned(sizeof(float)), may_alias));
+typedef long long dmem_cw_i8 __attribute__((vector_size(64)));
+typedef unsigned long long dmem_cw_u8 __attribute__((vector_size(64)));
 #endif
 
 /* ---- baseline ---- */
@@ -163,38 +172,84 @@ typedef float dmem_cw_f4u __attribute__((vector_size(16), aligned(sizeof(float))
 #undef DMEM_CW_SQRT
 #undef DMEM_CW_VI
 #undef DMEM_CW_VU
+
+/* ---- AVX-512 (F, VL, DQ) + FMA: 64-byte vectors, masked loads and stores
+ * for the last values of a row ---- */
+#define DMEM_CW_ATTR __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define DMEM_CW_ISA avx512
+#define DMEM_CW_V 8
+#define DMEM_CW_VT dmem_cw_d8
+#define DMEM_CW_VTU dmem_cw_d8u
+#define DMEM_CW_FVTU dmem_cw_f8u
+#define DMEM_CW_FVT dmem_cw_f8
+#define DMEM_CW_VI dmem_cw_i8
+#define DMEM_CW_VU dmem_cw_u8
+#define DMEM_CW_MASKED 1
+#define DMEM_CW_SQRT(v) ((dmem_cw_d8)_mm512_sqrt_pd((__m512d)(v)))
+#define DMEM_CW_T double
+#define DMEM_CW_SUFFIX d
+#define DMEM_CW_DOUBLE 1
+#include "addressing_simd.h"
+#undef DMEM_CW_DOUBLE
+#undef DMEM_CW_T
+#undef DMEM_CW_SUFFIX
+#define DMEM_CW_T float
+#define DMEM_CW_SUFFIX f
+#include "addressing_simd.h"
+#undef DMEM_CW_T
+#undef DMEM_CW_SUFFIX
+#undef DMEM_CW_ATTR
+#undef DMEM_CW_ISA
+#undef DMEM_CW_V
+#undef DMEM_CW_VT
+#undef DMEM_CW_VTU
+#undef DMEM_CW_FVTU
+#undef DMEM_CW_FVT
+#undef DMEM_CW_VI
+#undef DMEM_CW_VU
+#undef DMEM_CW_MASKED
+#undef DMEM_CW_SQRT
 #endif
 #undef DMEM_CW_BODY
 
 /* ---- dispatch ---- */
 
-/* 1 when the AVX2/FMA versions run, 0 for the baseline versions. */
+/* 2 when the AVX-512 versions run, 1 for AVX2/FMA, 0 for the baseline. */
 static int dmem_addressing_simd = 0;
 
-/* The best level this CPU supports: 1 (AVX2 and FMA) or 0. */
+/* The best level this CPU supports: 2 (AVX-512 F/VL/DQ, AVX2 and FMA), 1
+ * (AVX2 and FMA) or 0. */
 static int dmem_addressing_simd_supported(void)
 {
 #if DMEM_CW_DISPATCH
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512dq"))
+        return 2;
+    return 1;
 #else
     return 0;
 #endif
 }
 
-/* Select the versions to run: level 1 asks for AVX2/FMA (granted only when
- * supported), 0 for the baseline.  Returns the level in force. */
+/* Select the versions to run: the level asked for (0, 1 or 2), or the best
+ * supported one below it.  Returns the level in force. */
 static int dmem_addressing_set_simd(int level)
 {
-    dmem_addressing_simd = (level > 0 && dmem_addressing_simd_supported()) ? 1 : 0;
+    int best = dmem_addressing_simd_supported();
+    dmem_addressing_simd = level < 0 ? 0 : (level > best ? best : level);
     return dmem_addressing_simd;
 }
 
 static int dmem_addressing_get_simd(void) { return dmem_addressing_simd; }
 
 #if DMEM_CW_DISPATCH
-#define DMEM_CW_CALL(name, suffix, args) \
-    (dmem_addressing_simd ? dmem_cw_##name##_##suffix##_avx2 args : dmem_cw_##name##_##suffix##_base args)
+#define DMEM_CW_CALL(name, suffix, args)                                             \
+    (dmem_addressing_simd == 2 ? dmem_cw_##name##_##suffix##_avx512 args            \
+     : dmem_addressing_simd == 1 ? dmem_cw_##name##_##suffix##_avx2 args            \
+     : dmem_cw_##name##_##suffix##_base args)
 #else
 #define DMEM_CW_CALL(name, suffix, args) (dmem_cw_##name##_##suffix##_base args)
 #endif
@@ -351,12 +406,49 @@ DMEM_CW_INLINE DMEM_CW_ATTR VT_ FN(ld_part)(const T_ *p, Py_ssize_t m)
 #if !DMEM_CW_VECTORS
     (void)m;
     return (double)*p;
+#elif defined(DMEM_CW_MASKED)
+    const __mmask8 mask = (__mmask8)((1u << m) - 1u);
+    if (sizeof(T_) == sizeof(double))
+        return (VT_)_mm512_maskz_loadu_pd(mask, (const void *)p);
+    return (VT_)_mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, (const void *)p));
 #else
     VT_ v;
     Py_ssize_t l;
     for (l = 0; l < V_; l++)
         v[l] = l < m ? (double)p[l] : 0.0;
     return v;
+#endif
+}
+
+/* The first m (< V_) doubles at p, zeros after. */
+DMEM_CW_INLINE DMEM_CW_ATTR VT_ FN(ldd_part)(const double *p, Py_ssize_t m)
+{
+#if !DMEM_CW_VECTORS
+    (void)m;
+    return *p;
+#elif defined(DMEM_CW_MASKED)
+    return (VT_)_mm512_maskz_loadu_pd((__mmask8)((1u << m) - 1u), (const void *)p);
+#else
+    VT_ v;
+    Py_ssize_t l;
+    for (l = 0; l < V_; l++)
+        v[l] = l < m ? p[l] : 0.0;
+    return v;
+#endif
+}
+
+/* Store the first m (< V_) lanes of v at p (doubles). */
+DMEM_CW_INLINE DMEM_CW_ATTR void FN(std_part)(double *p, VT_ v, Py_ssize_t m)
+{
+#if !DMEM_CW_VECTORS
+    (void)m;
+    *p = v;
+#elif defined(DMEM_CW_MASKED)
+    _mm512_mask_storeu_pd((void *)p, (__mmask8)((1u << m) - 1u), (__m512d)v);
+#else
+    Py_ssize_t l;
+    for (l = 0; l < m; l++)
+        p[l] = v[l];
 #endif
 }
 
@@ -379,6 +471,12 @@ DMEM_CW_INLINE DMEM_CW_ATTR void FN(st_part)(T_ *p, VT_ v, Py_ssize_t m)
 #if !DMEM_CW_VECTORS
     (void)m;
     *p = (T_)v;
+#elif defined(DMEM_CW_MASKED)
+    const __mmask8 mask = (__mmask8)((1u << m) - 1u);
+    if (sizeof(T_) == sizeof(double))
+        _mm512_mask_storeu_pd((void *)p, mask, (__m512d)v);
+    else
+        _mm256_mask_storeu_ps((void *)p, mask, _mm512_cvtpd_ps((__m512d)v));
 #else
     Py_ssize_t l;
     for (l = 0; l < m; l++)
@@ -391,6 +489,8 @@ DMEM_CW_INLINE DMEM_CW_ATTR VT_ FN(splat)(double s)
 {
 #if !DMEM_CW_VECTORS
     return s;
+#elif DMEM_CW_V == 8 && defined(DMEM_CW_MASKED)
+    return (VT_)_mm512_set1_pd(s);   /* the lane loop becomes eight inserts */
 #else
     VT_ v;
     Py_ssize_t l;
@@ -407,8 +507,10 @@ DMEM_CW_INLINE DMEM_CW_ATTR double FN(hsum)(VT_ v)
     return v;
 #elif DMEM_CW_V == 2
     return v[0] + v[1];
-#else
+#elif DMEM_CW_V == 4
     return (v[0] + v[1]) + (v[2] + v[3]);
+#else
+    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 #endif
 }
 
@@ -449,6 +551,17 @@ DMEM_CW_INLINE DMEM_CW_ATTR void FN(grad_row)(T_ *g, VT_ k, VT_ x, VT_ f, VT_ t,
         FN(st)(g, FN(ld)(g) + d);
 }
 
+/* The same for the first m (< V_) lanes (masked stores). */
+DMEM_CW_INLINE DMEM_CW_ATTR void FN(grad_part)(T_ *g, VT_ k, VT_ x, VT_ f, VT_ t, int first,
+                                               Py_ssize_t m)
+{
+    VT_ d = f * k - t * x;
+    if (first)
+        FN(st_part)(g, d, m);
+    else
+        FN(st_part)(g, FN(ld_part)(g, m) + d, m);
+}
+
 /* The same for one value (the last w % V_ of a row). */
 DMEM_CW_INLINE DMEM_CW_ATTR void FN(grad_one)(T_ *g, double k, double x, double f, double t,
                                               int first)
@@ -470,6 +583,17 @@ DMEM_CW_INLINE DMEM_CW_ATTR void FN(hsum4)(VT_ a, VT_ b, VT_ c, VT_ d, double *o
     VT_ cd = __builtin_shufflevector(c, d, 0, 4, 2, 6) + __builtin_shufflevector(c, d, 1, 5, 3, 7);
     *(DMEM_CW_VTU *)(void *)out = __builtin_shufflevector(ab, cd, 0, 1, 4, 5)
                                   + __builtin_shufflevector(ab, cd, 2, 3, 6, 7);
+#elif DMEM_CW_VECTORS && DMEM_CW_V == 8 && (defined(__clang__) || defined(__GNUC__) && __GNUC__ >= 12)
+    /* lanes (0+1), (2+3), ... of a and b interleaved, then of c and d; then the
+     * pairs of pairs; then the two halves: ((0+1)+(2+3)) + ((4+5)+(6+7)) */
+    VT_ ab = __builtin_shufflevector(a, b, 0, 8, 2, 10, 4, 12, 6, 14)
+             + __builtin_shufflevector(a, b, 1, 9, 3, 11, 5, 13, 7, 15);
+    VT_ cd = __builtin_shufflevector(c, d, 0, 8, 2, 10, 4, 12, 6, 14)
+             + __builtin_shufflevector(c, d, 1, 9, 3, 11, 5, 13, 7, 15);
+    VT_ q = __builtin_shufflevector(ab, cd, 0, 1, 8, 9, 4, 5, 12, 13)
+            + __builtin_shufflevector(ab, cd, 2, 3, 10, 11, 6, 7, 14, 15);
+    *(dmem_cw_d4u *)(void *)out = __builtin_shufflevector(q, q, 0, 1, 2, 3)
+                                  + __builtin_shufflevector(q, q, 4, 5, 6, 7);
 #elif DMEM_CW_VECTORS && DMEM_CW_V == 2 && (defined(__clang__) || defined(__GNUC__) && __GNUC__ >= 12)
     *(DMEM_CW_VTU *)(void *)out = __builtin_shufflevector(a, b, 0, 2) + __builtin_shufflevector(a, b, 1, 3);
     *(DMEM_CW_VTU *)(void *)(out + 2) = __builtin_shufflevector(c, d, 0, 2) + __builtin_shufflevector(c, d, 1, 3);
@@ -611,7 +735,23 @@ static DMEM_CW_ATTR void FN(softmax)(double *z, Py_ssize_t n)
 DMEM_CW_INLINE DMEM_CW_ATTR void FN(finish4)(double *z, double *norms, T_ *cosines,
                                              double key_norm, double strength, int first)
 {
-#if DMEM_CW_VECTORS
+#if DMEM_CW_VECTORS && DMEM_CW_V == 8
+    /* four lanes: one 32-byte vector */
+    const dmem_cw_d4 kn = {key_norm, key_norm, key_norm, key_norm};
+    const dmem_cw_d4 beta = {strength, strength, strength, strength};
+    const dmem_cw_d4 eps = {DMEM_CW_EPSILON, DMEM_CW_EPSILON, DMEM_CW_EPSILON, DMEM_CW_EPSILON};
+    dmem_cw_d4 m = *(const dmem_cw_d4u *)(const void *)norms, c;
+    if (first) {
+        m = (dmem_cw_d4)_mm256_sqrt_pd((__m256d)(m + eps));
+        *(dmem_cw_d4u *)(void *)norms = m;
+    }
+    c = *(const dmem_cw_d4u *)(const void *)z / (kn * m);
+    if (sizeof(T_) == sizeof(double))
+        *(dmem_cw_d4u *)(void *)cosines = c;
+    else
+        *(dmem_cw_f4u *)(void *)cosines = __builtin_convertvector(c, dmem_cw_f4);
+    *(dmem_cw_d4u *)(void *)z = beta * c;
+#elif DMEM_CW_VECTORS
     const VT_ kn = FN(splat)(key_norm), beta = FN(splat)(strength);
     int l;
     for (l = 0; l < 4; l += V_) {
@@ -760,6 +900,11 @@ DMEM_CW_INLINE DMEM_CW_ATTR void FN(memory_pass)(const T_ *memory, const T_ *key
 {
     const Py_ssize_t body = w - w % V_;
     Py_ssize_t i = 0, j;
+#ifdef DMEM_CW_MASKED
+    /* the accumulator of the last w % V_ values stays in a register (a masked
+     * store then load of it would stall every group) */
+    VT_ acc_tail = FN(ldd_part)(acc + body, w - body);
+#endif
     for (; i + 4 <= n; i += 4) {
         const T_ *m0 = memory + i * w, *m1 = m0 + w, *m2 = m1 + w, *m3 = m2 + w;
         T_ *g0 = grad_memory + i * w, *g1 = g0 + w, *g2 = g1 + w, *g3 = g2 + w;
@@ -781,6 +926,22 @@ DMEM_CW_INLINE DMEM_CW_ATTR void FN(memory_pass)(const T_ *memory, const T_ *key
             FN(grad_row)(g2 + j, k, x2, f2, t2, first);
             FN(grad_row)(g3 + j, k, x3, f3, t3, first);
         }
+#ifdef DMEM_CW_MASKED
+        if (j < w) {  /* the last w % V_ values: masked loads and stores */
+            const Py_ssize_t m = w - j;
+            VT_ k = FN(ld_part)(key + j, m);
+            VT_ x0 = FN(ld_part)(m0 + j, m), x1 = FN(ld_part)(m1 + j, m);
+            VT_ x2 = FN(ld_part)(m2 + j, m), x3 = FN(ld_part)(m3 + j, m);
+            acc_tail += f0 * x0;
+            acc_tail += f1 * x1;
+            acc_tail += f2 * x2;
+            acc_tail += f3 * x3;
+            FN(grad_part)(g0 + j, k, x0, f0, t0, first, m);
+            FN(grad_part)(g1 + j, k, x1, f1, t1, first, m);
+            FN(grad_part)(g2 + j, k, x2, f2, t2, first, m);
+            FN(grad_part)(g3 + j, k, x3, f3, t3, first, m);
+        }
+#else
         for (; j < w; j++) {
             double kj = key[j];
             double y0 = m0[j], y1 = m1[j], y2 = m2[j], y3 = m3[j];
@@ -795,6 +956,7 @@ DMEM_CW_INLINE DMEM_CW_ATTR void FN(memory_pass)(const T_ *memory, const T_ *key
             FN(grad_one)(g2 + j, kj, y2, row_key[i + 2], row_memory[i + 2], first);
             FN(grad_one)(g3 + j, kj, y3, row_key[i + 3], row_memory[i + 3], first);
         }
+#endif
     }
     for (; i < n; i++) {  /* the last rows, one at a time, dL/dM_i as above */
         const T_ *m0 = memory + i * w;
@@ -806,12 +968,25 @@ DMEM_CW_INLINE DMEM_CW_ATTR void FN(memory_pass)(const T_ *memory, const T_ *key
             *(DMEM_CW_VTU *)(void *)(acc + j) = a + f0 * x0;
             FN(grad_row)(g0 + j, FN(ld)(key + j), x0, f0, t0, first);
         }
+#ifdef DMEM_CW_MASKED
+        if (j < w) {
+            const Py_ssize_t m = w - j;
+            VT_ x0 = FN(ld_part)(m0 + j, m);
+            acc_tail += f0 * x0;
+            FN(grad_part)(g0 + j, FN(ld_part)(key + j, m), x0, f0, t0, first, m);
+        }
+#else
         for (; j < w; j++) {
             double y0 = m0[j];
             acc[j] = acc[j] + row_key[i] * y0;
             FN(grad_one)(g0 + j, key[j], y0, row_key[i], row_memory[i], first);
         }
+#endif
     }
+#ifdef DMEM_CW_MASKED
+    if (body < w)
+        FN(std_part)(acc + body, acc_tail, w - body);
+#endif
 }
 
 static DMEM_CW_ATTR double FN(backward)(const T_ *memory, const T_ *memory_norms,
@@ -1119,9 +1294,14 @@ static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_no
                                            Py_ssize_t hc, Py_ssize_t n, Py_ssize_t w)
 {
     const Py_ssize_t body = w - w % V_;
+#ifdef DMEM_CW_MASKED
+    const Py_ssize_t wp = body < w ? body + V_ : w;   /* acc rows padded to whole vectors */
+#else
+    const Py_ssize_t wp = w;
+#endif
     /* factors[i * hc + h] = row_key_h,i; total[i] = Σ_h row_memory_h,i;
      * acc[h * w + j]; cos_dot[h] */
-    double *block = (double *)malloc(sizeof(double) * (size_t)(hc * n + n + hc * w + hc));
+    double *block = (double *)malloc(sizeof(double) * (size_t)(hc * n + n + hc * wp + hc));
     double *factors, *total, *acc, *cos_dot;
     Py_ssize_t h, i, j;
     if (block == NULL)
@@ -1129,7 +1309,7 @@ static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_no
     factors = block;
     total = factors + hc * n;
     acc = total + n;
-    cos_dot = acc + hc * w;
+    cos_dot = acc + hc * wp;
     for (h = 0; h < hc; h++) {
         const T_ *wt = weights + h * n, *c_h = cosines + h * n;
         const T_ *g_h = grad + h * n;
@@ -1187,7 +1367,7 @@ static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_no
         grad_strengths[h] = (T_)grad_strength;
         cos_dot[h] = cd;
     }
-    for (j = 0; j < hc * w; j++)
+    for (j = 0; j < hc * wp; j++)
         acc[j] = 0.0;
     /* dL/dM_i = -t_i M_i + Σ_h f_h,i k_h (heads in order), rows four at a time
      * (acc_h read and written once per group), the last n % 4 alone */
@@ -1204,7 +1384,7 @@ static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_no
                 const VT_ k = FN(ld)(keys + h * w + j);
                 const VT_ e0 = FN(splat)(f0[h]), e1 = FN(splat)(f1[h]);
                 const VT_ e2 = FN(splat)(f2[h]), e3 = FN(splat)(f3[h]);
-                double *a = acc + h * w + j;
+                double *a = acc + h * wp + j;
                 VT_ av = *(const DMEM_CW_VTU *)(const void *)a;
                 d0 += e0 * k;
                 d1 += e1 * k;
@@ -1221,13 +1401,41 @@ static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_no
             FN(st)(g2 + j, d2);
             FN(st)(g3 + j, d3);
         }
+#ifdef DMEM_CW_MASKED
+        if (j < w) {  /* the last w % V_ values: masked loads and stores */
+            const Py_ssize_t mw = w - j;
+            VT_ x0 = FN(ld_part)(m0 + j, mw), x1 = FN(ld_part)(m1 + j, mw);
+            VT_ x2 = FN(ld_part)(m2 + j, mw), x3 = FN(ld_part)(m3 + j, mw);
+            VT_ d0 = -(t0 * x0), d1 = -(t1 * x1), d2 = -(t2 * x2), d3 = -(t3 * x3);
+            for (h = 0; h < hc; h++) {
+                const VT_ k = FN(ld_part)(keys + h * w + j, mw);
+                const VT_ e0 = FN(splat)(f0[h]), e1 = FN(splat)(f1[h]);
+                const VT_ e2 = FN(splat)(f2[h]), e3 = FN(splat)(f3[h]);
+                double *a = acc + h * wp + j;
+                VT_ av = *(const DMEM_CW_VTU *)(const void *)a;   /* padded: whole vectors */
+                d0 += e0 * k;
+                d1 += e1 * k;
+                d2 += e2 * k;
+                d3 += e3 * k;
+                av += e0 * x0;
+                av += e1 * x1;
+                av += e2 * x2;
+                av += e3 * x3;
+                *(DMEM_CW_VTU *)(void *)a = av;
+            }
+            FN(st_part)(g0 + j, d0, mw);
+            FN(st_part)(g1 + j, d1, mw);
+            FN(st_part)(g2 + j, d2, mw);
+            FN(st_part)(g3 + j, d3, mw);
+        }
+#else
         for (; j < w; j++) {
             double y0 = m0[j], y1 = m1[j], y2 = m2[j], y3 = m3[j];
             double d0 = -(total[i] * y0), d1 = -(total[i + 1] * y1);
             double d2 = -(total[i + 2] * y2), d3 = -(total[i + 3] * y3);
             for (h = 0; h < hc; h++) {
                 const double k = keys[h * w + j];
-                double a = acc[h * w + j];
+                double a = acc[h * wp + j];
                 d0 += f0[h] * k;
                 d1 += f1[h] * k;
                 d2 += f2[h] * k;
@@ -1236,13 +1444,14 @@ static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_no
                 a += f1[h] * y1;
                 a += f2[h] * y2;
                 a += f3[h] * y3;
-                acc[h * w + j] = a;
+                acc[h * wp + j] = a;
             }
             g0[j] = (T_)d0;
             g1[j] = (T_)d1;
             g2[j] = (T_)d2;
             g3[j] = (T_)d3;
         }
+#endif
     }
     for (; i < n; i++) {
         const T_ *m = memory + i * w;
@@ -1254,28 +1463,43 @@ static DMEM_CW_ATTR int FN(backward_heads)(const T_ *memory, const T_ *memory_no
             VT_ d = -(t * x);
             for (h = 0; h < hc; h++) {
                 const VT_ e = FN(splat)(f[h]);
-                double *a = acc + h * w + j;
+                double *a = acc + h * wp + j;
                 d += e * FN(ld)(keys + h * w + j);
                 *(DMEM_CW_VTU *)(void *)a = *(const DMEM_CW_VTU *)(const void *)a + e * x;
             }
             FN(st)(g + j, d);
         }
+#ifdef DMEM_CW_MASKED
+        if (j < w) {
+            const Py_ssize_t mw = w - j;
+            VT_ x = FN(ld_part)(m + j, mw);
+            VT_ d = -(t * x);
+            for (h = 0; h < hc; h++) {
+                const VT_ e = FN(splat)(f[h]);
+                double *a = acc + h * wp + j;
+                d += e * FN(ld_part)(keys + h * w + j, mw);
+                *(DMEM_CW_VTU *)(void *)a = *(const DMEM_CW_VTU *)(const void *)a + e * x;
+            }
+            FN(st_part)(g + j, d, mw);
+        }
+#else
         for (; j < w; j++) {
             double x = m[j];
             double d = -(total[i] * x);
             for (h = 0; h < hc; h++) {
                 d += f[h] * (double)keys[h * w + j];
-                acc[h * w + j] += f[h] * x;
+                acc[h * wp + j] += f[h] * x;
             }
             g[j] = (T_)d;
         }
+#endif
     }
     /* dL/dk_h = acc_h - (Σ_i gc_h,i c_h,i) k_h / |k_h|² */
     for (h = 0; h < hc; h++) {
         const double inverse_key_norm = 1.0 / (double)key_norms[h];
         const double scale = cos_dot[h] * inverse_key_norm * inverse_key_norm;
         for (j = 0; j < w; j++)
-            grad_keys[h * w + j] = (T_)(acc[h * w + j] - scale * (double)keys[h * w + j]);
+            grad_keys[h * w + j] = (T_)(acc[h * wp + j] - scale * (double)keys[h * w + j]);
     }
     free(block);
     return 0;

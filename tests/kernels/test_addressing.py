@@ -452,19 +452,19 @@ def test_wrong_gradient_shape_or_dtype_is_refused(name):
 # ---------------------------------------------------------------- instruction sets
 #
 # The content weighting, shift and sharpening loops (addressing_simd.h) exist in
-# a baseline version and, on x86 CPUs that have them, an AVX2/FMA one chosen at
-# import.  Each is tested against the reference, and the two against each other.
+# a baseline version and, on x86 CPUs that have them, an AVX2/FMA one and an
+# AVX-512 one; the widest is chosen at import.  Each is tested against the
+# reference, and each against the baseline.
 
-SIMD_LEVELS = ["baseline"] + (
-    ["avx2+fma"] if addressing_kernels._set_simd(True) == "avx2+fma" else [])
+SIMD_LEVELS = list(addressing_kernels.simd_levels_supported())
 
 
 @pytest.fixture(params=SIMD_LEVELS)
 def simd_level(request):
     previous = addressing_kernels.simd_level()
-    assert addressing_kernels._set_simd(request.param != "baseline") == request.param
+    assert addressing_kernels._set_simd(request.param) == request.param
     yield request.param
-    addressing_kernels._set_simd(previous != "baseline")
+    addressing_kernels._set_simd(previous)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -499,8 +499,9 @@ def test_each_simd_level_large_strengths_and_zero_rows(simd_level, name, big):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_simd_levels_agree(name):
-    if len(SIMD_LEVELS) < 2:
+@pytest.mark.parametrize("level", SIMD_LEVELS[1:] or ["none"])
+def test_simd_levels_agree_with_baseline(name, level):
+    if level == "none":
         pytest.skip("this CPU has no AVX2/FMA")
     rng = np.random.default_rng(23)
     args = args_of(name, make_inputs(rng, B=4, N=67, W=13, H=3, S=5))
@@ -509,12 +510,12 @@ def test_simd_levels_agree(name):
     previous = addressing_kernels.simd_level()
     results = []
     try:
-        for level in SIMD_LEVELS:
-            addressing_kernels._set_simd(level != "baseline")
+        for chosen in ("baseline", level):
+            addressing_kernels._set_simd(chosen)
             out, saved = forward(*args)
             results.append((out, backward(saved, cot)))
     finally:
-        addressing_kernels._set_simd(previous != "baseline")
+        addressing_kernels._set_simd(previous)
     (o1, g1), (o2, g2) = results
     assert_close(o1, o2, 1e-10, 1e-12)
     for a, b in zip(g1, g2):
@@ -552,5 +553,12 @@ def test_similarity_of_a_row_does_not_depend_on_its_position(simd_level, dtype):
 
 def test_simd_level_is_reported():
     level = addressing_kernels.simd_level()
-    assert level in ("baseline", "avx2+fma")
-    assert addressing_kernels._set_simd(level != "baseline") == level
+    assert level == SIMD_LEVELS[-1]  # the widest the CPU has, chosen at import
+    assert SIMD_LEVELS[0] == "baseline"
+    try:
+        assert addressing_kernels._set_simd(False) == "baseline"
+        assert addressing_kernels._set_simd(True) == SIMD_LEVELS[-1]
+        for chosen in SIMD_LEVELS:
+            assert addressing_kernels._set_simd(chosen) == chosen
+    finally:
+        addressing_kernels._set_simd(level)
