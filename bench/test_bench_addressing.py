@@ -3,7 +3,9 @@
 Groups are ``"<op> <fwd|fwd+bwd>|B=..,N=..,H=.."`` with W = 20 and S = 3
 (shift range 1, as in the NTM paper): H = 1 over every B and N, and H = 4 at
 B = 16, N = 128.  Within a group the implementation (``compiled`` or
-``reference``) is in the test id and in ``extra_info``.  The compiled runs go
+``reference``) is in the test id and in ``extra_info``, with, for the compiled
+runs, the instruction set of the addressing loops (``extra_info["simd"]``:
+``"avx2+fma"`` or ``"baseline"``).  The compiled runs go
 through ``dmem.compiled.X_forward`` / ``X_backward`` (validation included); the
 reference runs are ``dmem.reference.X`` and ``autograd.make_vjp`` of it.
 """
@@ -14,6 +16,7 @@ import pytest
 from autograd import make_vjp
 
 compiled = importlib.import_module("dmem.compiled.addressing")
+kernels = importlib.import_module("dmem._kernels.addressing")
 reference = importlib.import_module("dmem.reference.addressing")
 
 W = 20
@@ -76,5 +79,7 @@ def test_bench(record, rng, op, mode, B, N, H, implementation):
     make = forward_fn if mode == "fwd" else forward_backward_fn
     run = make(op, implementation)
     benchmark = record(f"{op} {mode}|B={B},N={N},H={H}", implementation)
+    if implementation == "compiled":
+        benchmark.extra_info["simd"] = kernels.simd_level()
     result = benchmark(run, inputs, cotangent)
     assert result is not None

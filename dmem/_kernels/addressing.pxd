@@ -5,6 +5,8 @@
 # batch row, keeps its intermediates in double, and is called from nogil code
 # on arrays already validated by the caller.  The per-row content weighting and
 # its backward are also declared here, for the fused DNC step (dnc_step.pyx).
+# The loops behind the helpers are C (addressing_simd.h, baseline and AVX2/FMA
+# versions, chosen at run time); the exp and log below remain for ntm_step.pyx.
 
 from cython cimport floating
 from libc.stdint cimport uint64_t

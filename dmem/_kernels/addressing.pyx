@@ -12,8 +12,17 @@ given by the wrapper: intermediate quantities are kept in double precision
 whatever the dtype of the inputs.  The per-head helpers below are shared by the
 separate ops and the fused ``ntm_address``, so that the fused kernel computes
 what the chain of separate kernels computes; the shift and sharpening helpers
-also by the fused NTM step (``ntm_step.pyx``), through ``addressing.pxd``,
-which holds the softmax and the vectorisable exp and log they use.
+also by the fused NTM step (``ntm_step.pyx``), and the per-row content
+weighting by the fused DNC step (``dnc_step.pyx``), through ``addressing.pxd``.
+Several heads of a batch row share one pass over memory in the content
+weighting's backward (scratch from ``malloc``; without it, one pass per head).
+
+Instruction sets: the loops of the helpers (the content weighting's passes over
+memory, softmax, shift, the sharpening's log and softmax, their backward
+passes) are C, in ``addressing_simd.h``, compiled for the build's baseline ISA
+(SSE2 on x86-64) and, on x86, also for AVX2/FMA and for AVX-512; the widest
+the CPU has runs (:func:`simd_level`).  They round differently, each
+deterministically; all are tested against the reference.
 
 Backward passes divide only by the ``√(x·x + ε)`` norms (≥ 1e-3) and, in the
 sharpening, by ``w_i + ε`` where the output ``out_i`` is positive (which
@@ -22,32 +31,94 @@ implies ``w_i + ε > 0``; the quotient ``out_i / (w_i+ε)`` is at most 1e12).
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport log, sqrt
+from libc.stdlib cimport free, malloc
 
-cdef double COSINE_EPSILON = 1e-6
-cdef double SHARPEN_EPSILON = 1e-12
+# ---------------------------------------------------------------- content helpers
+#
+# The loops over memory of the content weighting are C, in addressing_simd.h: rows
+# four at a time, one vector of the word at a time, in a baseline version, an
+# AVX2/FMA one and an AVX-512 one, the widest the CPU has chosen at import
+# (:func:`simd_level`).
+
+cdef extern from "addressing_simd.h" nogil:
+    double dmem_content_forward_d(const double* memory, double* norms, int first,
+                                  const double* key, double strength, double* cosines,
+                                  double* z, Py_ssize_t n, Py_ssize_t w)
+    double dmem_content_forward_f(const float* memory, double* norms, int first,
+                                  const float* key, double strength, float* cosines,
+                                  double* z, Py_ssize_t n, Py_ssize_t w)
+    double dmem_content_backward_d(const double* memory, const double* memory_norms,
+                                   const double* key, double key_norm, double strength,
+                                   const double* cosines, const double* weights,
+                                   const double* grad, int first, double* grad_memory,
+                                   double* grad_key, double* row_key, double* row_memory,
+                                   double* acc, Py_ssize_t n, Py_ssize_t w)
+    double dmem_content_backward_f(const float* memory, const float* memory_norms,
+                                   const float* key, double key_norm, double strength,
+                                   const float* cosines, const float* weights,
+                                   const double* grad, int first, float* grad_memory,
+                                   float* grad_key, double* row_key, double* row_memory,
+                                   double* acc, Py_ssize_t n, Py_ssize_t w)
+    void dmem_sharpen_forward(const double* weights, double gamma, double* log_weights,
+                              double* out, Py_ssize_t n)
+    int dmem_content_backward_heads_d(const double* memory, const double* memory_norms,
+                                      const double* keys, const double* key_norms,
+                                      const double* strengths, const double* cosines,
+                                      const double* weights, const double* grad,
+                                      const double* grad_double,
+                                      double* grad_memory, double* grad_keys,
+                                      double* grad_strengths, Py_ssize_t h, Py_ssize_t n,
+                                      Py_ssize_t w)
+    int dmem_content_backward_heads_f(const float* memory, const float* memory_norms,
+                                      const float* keys, const float* key_norms,
+                                      const float* strengths, const float* cosines,
+                                      const float* weights, const float* grad,
+                                      const double* grad_double,
+                                      float* grad_memory, float* grad_keys,
+                                      float* grad_strengths, Py_ssize_t h, Py_ssize_t n,
+                                      Py_ssize_t w)
+    void dmem_shift_forward(const double* weights, const double* shifts, double* out,
+                            Py_ssize_t n, Py_ssize_t S)
+    void dmem_shift_backward(const double* weights, const double* shifts,
+                             const double* grad_out, double* grad_weights,
+                             double* grad_shifts, Py_ssize_t n, Py_ssize_t S)
+    double dmem_sharpen_backward_d(const double* weights, const double* out,
+                                   const double* log_weights, double gamma,
+                                   const double* grad_out, double* grad_weights, Py_ssize_t n)
+    double dmem_sharpen_backward_f(const double* weights, const float* out,
+                                   const double* log_weights, double gamma,
+                                   const double* grad_out, double* grad_weights, Py_ssize_t n)
+    int dmem_addressing_simd_supported()
+    int dmem_addressing_set_simd(int level)
+    int dmem_addressing_get_simd()
 
 
-# ---------------------------------------------------------------- helpers
+dmem_addressing_set_simd(2)
 
-cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
-    """``Σ_j a_j b_j`` in double, with four partial sums (a fixed order, and no
-    chain of dependent additions as long as the word)."""
-    cdef double s0 = 0.0
-    cdef double s1 = 0.0
-    cdef double s2 = 0.0
-    cdef double s3 = 0.0
-    cdef Py_ssize_t j = 0
-    while j + 4 <= n:
-        s0 = s0 + <double>a[j] * b[j]
-        s1 = s1 + <double>a[j + 1] * b[j + 1]
-        s2 = s2 + <double>a[j + 2] * b[j + 2]
-        s3 = s3 + <double>a[j + 3] * b[j + 3]
-        j = j + 4
-    while j < n:
-        s0 = s0 + <double>a[j] * b[j]
-        j = j + 1
-    return (s0 + s1) + (s2 + s3)
+_SIMD_LEVELS = ("baseline", "avx2+fma", "avx512")
+
+
+def simd_level():
+    """The instruction set of the addressing loops: ``"avx512"`` (AVX-512 F/VL/DQ
+    with AVX2 and FMA), ``"avx2+fma"`` or ``"baseline"`` (the build's own, e.g.
+    SSE2 on x86-64, NEON on aarch64)."""
+    return _SIMD_LEVELS[dmem_addressing_get_simd()]
+
+
+def simd_levels_supported():
+    """The levels :func:`_set_simd` can select on this CPU, baseline first."""
+    return _SIMD_LEVELS[:dmem_addressing_simd_supported() + 1]
+
+
+def _set_simd(level):
+    """Select the loops (for tests and benchmarks): ``True`` for the best this CPU
+    has, ``False`` for the baseline ones, or a name from :func:`simd_levels_supported`
+    (a level the CPU lacks gives the best below it).  Returns :func:`simd_level`."""
+    if level is True or level is False:
+        dmem_addressing_set_simd(2 if level else 0)
+    else:
+        dmem_addressing_set_simd(_SIMD_LEVELS.index(level))
+    return simd_level()
 
 
 cdef inline double _content_head(const floating* memory, double* memory_norms, bint first,
@@ -60,80 +131,16 @@ cdef inline double _content_head(const floating* memory, double* memory_norms, b
     norms ``√(M_i·M_i + ε)`` into ``memory_norms``, in the same pass over the
     memory as the dot products; later heads read them.  Writes the
     similarities to ``cosines`` (saved for the backward) and returns the key
-    norm ``√(k·k + ε)``.  Rows go four at a time (four independent sums, one
-    load of the key for four rows); each sum runs over ``j`` in order, so a
-    row's values do not depend on its position.
+    norm ``√(k·k + ε)``.  Each row's sums run over the word in a fixed order
+    (``addressing_simd.h``), so a row's values do not depend on its position.
     """
-    cdef Py_ssize_t i, j, r
-    cdef double key_norm, kj, x0, x1, x2, x3
-    cdef double d0, d1, d2, d3, n0, n1, n2, n3
-    cdef const floating* m0
-    cdef const floating* m1
-    cdef const floating* m2
-    cdef const floating* m3
-    key_norm = sqrt(_dot(key, key, W) + COSINE_EPSILON)
-    i = 0
-    while i + 4 <= N:
-        m0 = memory + i * W
-        m1 = m0 + W
-        m2 = m1 + W
-        m3 = m2 + W
-        d0 = 0.0
-        d1 = 0.0
-        d2 = 0.0
-        d3 = 0.0
-        if first:
-            n0 = 0.0
-            n1 = 0.0
-            n2 = 0.0
-            n3 = 0.0
-            for j in range(W):
-                kj = key[j]
-                x0 = m0[j]
-                x1 = m1[j]
-                x2 = m2[j]
-                x3 = m3[j]
-                d0 = d0 + kj * x0
-                d1 = d1 + kj * x1
-                d2 = d2 + kj * x2
-                d3 = d3 + kj * x3
-                n0 = n0 + x0 * x0
-                n1 = n1 + x1 * x1
-                n2 = n2 + x2 * x2
-                n3 = n3 + x3 * x3
-            memory_norms[i] = sqrt(n0 + COSINE_EPSILON)
-            memory_norms[i + 1] = sqrt(n1 + COSINE_EPSILON)
-            memory_norms[i + 2] = sqrt(n2 + COSINE_EPSILON)
-            memory_norms[i + 3] = sqrt(n3 + COSINE_EPSILON)
-        else:
-            for j in range(W):
-                kj = key[j]
-                d0 = d0 + kj * m0[j]
-                d1 = d1 + kj * m1[j]
-                d2 = d2 + kj * m2[j]
-                d3 = d3 + kj * m3[j]
-        weights[i] = d0
-        weights[i + 1] = d1
-        weights[i + 2] = d2
-        weights[i + 3] = d3
-        i = i + 4
-    while i < N:
-        m0 = memory + i * W
-        d0 = 0.0
-        n0 = 0.0
-        for j in range(W):
-            x0 = m0[j]
-            d0 = d0 + key[j] * x0
-            n0 = n0 + x0 * x0
-        if first:
-            memory_norms[i] = sqrt(n0 + COSINE_EPSILON)
-        weights[i] = d0
-        i = i + 1
-    for r in range(N):
-        x0 = weights[r] / (key_norm * memory_norms[r])
-        cosines[r] = x0
-        weights[r] = strength * x0
-    _softmax(weights, N)
+    cdef double key_norm
+    if floating is double:
+        key_norm = dmem_content_forward_d(memory, memory_norms, first, key, strength,
+                                          cosines, weights, N, W)
+    else:
+        key_norm = dmem_content_forward_f(memory, memory_norms, first, key, strength,
+                                          cosines, weights, N, W)
     return key_norm
 
 
@@ -153,126 +160,51 @@ cdef inline double _content_head_backward(const floating* memory, const floating
     ``dc_i/dM_i = k / (|k||M_i|) - c_i M_i / |M_i|²``; the norms are at least
     √ε = 1e-3, so their inverses are finite.  ``row_key``, ``row_memory`` (N)
     and ``grad_key_acc`` (W) are scratch: the per-row factors of ``M_i`` in
-    dL/dk and of ``k`` and ``M_i`` in dL/dM_i.  The loops over the word run
-    over contiguous arrays, one output each, so that the compiler vectorises
-    them.
+    dL/dk and of ``k`` and ``M_i`` in dL/dM_i.  One pass over the memory forms
+    dL/dM and accumulates dL/dk (``addressing_simd.h``).
     """
-    cdef Py_ssize_t i, j
-    cdef double mean = 0.0
-    cdef double grad_strength = 0.0
-    cdef double cos_dot = 0.0
-    cdef double gz, gc, u, f0, f1, f2, f3, t
-    cdef double inverse_key_norm = 1.0 / key_norm
-    cdef const floating* m0
-    cdef const floating* m1
-    cdef const floating* m2
-    cdef const floating* m3
-    cdef floating* g
-    for i in range(N):
-        mean = mean + weights[i] * grad_weights[i]
-    for i in range(N):
-        gz = weights[i] * (grad_weights[i] - mean)        # through the softmax
-        grad_strength = grad_strength + gz * cosines[i]
-        gc = gz * strength                                # dL/dc_i
-        cos_dot = cos_dot + gc * cosines[i]
-        u = 1.0 / memory_norms[i]
-        row_key[i] = gc * inverse_key_norm * u
-        row_memory[i] = gc * cosines[i] * u * u
-    # dL/dk = Σ_i row_key_i M_i - (Σ_i gc_i c_i) k / |k|², four rows at a time
-    for j in range(W):
-        grad_key_acc[j] = 0.0
-    i = 0
-    while i + 4 <= N:
-        m0 = memory + i * W
-        m1 = m0 + W
-        m2 = m1 + W
-        m3 = m2 + W
-        f0 = row_key[i]
-        f1 = row_key[i + 1]
-        f2 = row_key[i + 2]
-        f3 = row_key[i + 3]
-        for j in range(W):
-            grad_key_acc[j] = grad_key_acc[j] + ((f0 * m0[j] + f1 * m1[j]) + (f2 * m2[j] + f3 * m3[j]))
+    if floating is double:
+        return dmem_content_backward_d(memory, memory_norms, key, key_norm, strength, cosines,
+                                       weights, grad_weights, first, grad_memory, grad_key,
+                                       row_key, row_memory, grad_key_acc, N, W)
+    else:
+        return dmem_content_backward_f(memory, memory_norms, key, key_norm, strength, cosines,
+                                       weights, grad_weights, first, grad_memory, grad_key,
+                                       row_key, row_memory, grad_key_acc, N, W)
+
+
+cdef inline double _sum_products(const double* a, const double* b, Py_ssize_t n) noexcept nogil:
+    """``Σ_i a_i b_i`` with four partial sums (a fixed order, and no chain of
+    ``n`` dependent additions)."""
+    cdef double s0 = 0.0
+    cdef double s1 = 0.0
+    cdef double s2 = 0.0
+    cdef double s3 = 0.0
+    cdef Py_ssize_t i = 0
+    while i + 4 <= n:
+        s0 = s0 + a[i] * b[i]
+        s1 = s1 + a[i + 1] * b[i + 1]
+        s2 = s2 + a[i + 2] * b[i + 2]
+        s3 = s3 + a[i + 3] * b[i + 3]
         i = i + 4
-    while i < N:
-        m0 = memory + i * W
-        f0 = row_key[i]
-        for j in range(W):
-            grad_key_acc[j] = grad_key_acc[j] + f0 * m0[j]
+    while i < n:
+        s0 = s0 + a[i] * b[i]
         i = i + 1
-    for j in range(W):
-        grad_key[j] = grad_key_acc[j] - cos_dot * inverse_key_norm * inverse_key_norm * key[j]
-    # dL/dM_i = row_key_i k - row_memory_i M_i
-    for i in range(N):
-        m0 = memory + i * W
-        g = grad_memory + i * W
-        f0 = row_key[i]
-        t = row_memory[i]
-        if first:
-            for j in range(W):
-                g[j] = f0 * key[j] - t * m0[j]
-        else:
-            for j in range(W):
-                g[j] = g[j] + (f0 * key[j] - t * m0[j])
-    return grad_strength
-
-
-cdef inline Py_ssize_t _offset(Py_ssize_t k, Py_ssize_t radius, Py_ssize_t N) noexcept nogil:
-    """``(k - r) mod N`` in ``[0, N)``: shift ``k`` moves slot ``i - d`` onto slot ``i``."""
-    cdef Py_ssize_t d = (k - radius) % N
-    if d < 0:
-        d = d + N
-    return d
+    return (s0 + s1) + (s2 + s3)
 
 
 cdef void _shift_forward(const double* weights, const double* shifts, double* out,
                          Py_ssize_t N, Py_ssize_t S) noexcept nogil:
-    """``out_i = Σ_k s_k w_{(i - (k - r)) mod N}``."""
-    cdef Py_ssize_t i, k, d
-    cdef Py_ssize_t radius = S // 2
-    cdef double sk
-    # the first shift initialises ``out`` (no separate zeroing pass)
-    d = _offset(0, radius, N)
-    sk = shifts[0]
-    for i in range(d, N):
-        out[i] = sk * weights[i - d]
-    for i in range(d):
-        out[i] = sk * weights[i - d + N]
-    for k in range(1, S):
-        d = _offset(k, radius, N)
-        sk = shifts[k]
-        for i in range(d, N):
-            out[i] = out[i] + sk * weights[i - d]
-        for i in range(d):
-            out[i] = out[i] + sk * weights[i - d + N]
+    """``out_i = Σ_k s_k w_{(i - (k - r)) mod N}`` (``addressing_simd.h``)."""
+    dmem_shift_forward(weights, shifts, out, N, S)
 
 
 cdef void _shift_backward(const double* weights, const double* shifts,
                           const double* grad_out, double* grad_weights,
                           double* grad_shifts, Py_ssize_t N, Py_ssize_t S) noexcept nogil:
-    """Backward of :func:`_shift_forward`: dL/dw into ``grad_weights``, dL/ds into ``grad_shifts``."""
-    cdef Py_ssize_t i, k, d
-    cdef Py_ssize_t radius = S // 2
-    cdef double sk, acc
-    for k in range(S):
-        d = _offset(k, radius, N)
-        sk = shifts[k]
-        acc = 0.0
-        if k == 0:  # the first shift initialises grad_weights (no zeroing pass)
-            for i in range(d, N):
-                grad_weights[i - d] = sk * grad_out[i]
-            for i in range(d):
-                grad_weights[i - d + N] = sk * grad_out[i]
-        else:
-            for i in range(d, N):
-                grad_weights[i - d] = grad_weights[i - d] + sk * grad_out[i]
-            for i in range(d):
-                grad_weights[i - d + N] = grad_weights[i - d + N] + sk * grad_out[i]
-        for i in range(d, N):
-            acc = acc + grad_out[i] * weights[i - d]
-        for i in range(d):
-            acc = acc + grad_out[i] * weights[i - d + N]
-        grad_shifts[k] = acc
+    """Backward of :func:`_shift_forward`: dL/dw into ``grad_weights``, dL/ds into
+    ``grad_shifts`` (``addressing_simd.h``)."""
+    dmem_shift_backward(weights, shifts, grad_out, grad_weights, grad_shifts, N, S)
 
 
 cdef void _sharpen_forward(const double* weights, double gamma, double* log_weights,
@@ -280,26 +212,12 @@ cdef void _sharpen_forward(const double* weights, double gamma, double* log_weig
     """``out = softmax(γ log(w + ε))``, i.e. ``(w_i+ε)^γ / Σ_j (w_j+ε)^γ``.
 
     Writes ``log(w+ε)`` to ``log_weights`` (saved for the backward).  The
-    logarithm is :func:`_log_normal` (vectorised) unless some ``w+ε`` is not a
-    positive normal number (a negative or non-finite weight), then libm's.
+    logarithm and the softmax's exp are vectorised (``addressing_simd.h``, the
+    algorithms of :func:`_log_normal` and :func:`_exp_nonpositive`) unless some
+    ``w+ε`` is not a positive normal number (a negative or non-finite weight),
+    then the logarithm is libm's.
     """
-    cdef Py_ssize_t i
-    cdef double x
-    cdef bint normal = True
-    for i in range(N):
-        x = weights[i] + SHARPEN_EPSILON
-        log_weights[i] = x
-        if not (x >= 2.2250738585072014e-308 and x <= 1.7976931348623157e308):
-            normal = False
-    if normal:
-        for i in range(N):
-            log_weights[i] = _log_normal(log_weights[i])
-    else:
-        for i in range(N):
-            log_weights[i] = log(weights[i] + SHARPEN_EPSILON)
-    for i in range(N):
-        out[i] = gamma * log_weights[i]
-    _softmax(out, N)
+    dmem_sharpen_forward(weights, gamma, log_weights, out, N)
 
 
 cdef double _sharpen_backward(const double* weights, const floating* out,
@@ -316,21 +234,10 @@ cdef double _sharpen_backward(const double* weights, const floating* out,
     space, ``exp((γ-1) log(w_i+ε) - log Σ_j (w_j+ε)^γ)``, loses ``|γ log w|``
     ulps, which large ``γ`` makes visible, and costs an ``exp``.
     """
-    cdef Py_ssize_t i
-    cdef double mean = 0.0
-    cdef double grad_gamma = 0.0
-    cdef double d, o
-    for i in range(N):
-        mean = mean + out[i] * grad_out[i]
-    for i in range(N):
-        o = out[i]
-        d = grad_out[i] - mean
-        grad_gamma = grad_gamma + o * d * log_weights[i]
-        if o > 0.0:
-            grad_weights[i] = gamma * d * (o / (weights[i] + SHARPEN_EPSILON))
-        else:
-            grad_weights[i] = 0.0
-    return grad_gamma
+    if floating is double:
+        return dmem_sharpen_backward_d(weights, out, log_weights, gamma, grad_out, grad_weights, N)
+    else:
+        return dmem_sharpen_backward_f(weights, out, log_weights, gamma, grad_out, grad_weights, N)
 
 
 # ---------------------------------------------------------------- content_weights
@@ -392,6 +299,20 @@ cdef void _content_weights_backward_row(const floating* memory, const floating* 
     cdef double* row_key = work + N
     cdef double* row_memory = work + 2 * N
     cdef double* grad_key_acc = work + 3 * N
+    cdef int status
+    if H > 1:  # all heads in one pass over memory (addressing_simd.h); -1: no scratch
+        if floating is double:
+            status = dmem_content_backward_heads_d(memory, memory_norms, keys, key_norms,
+                                                   strengths, cosines, weights, grad, NULL,
+                                                   grad_memory, grad_keys, grad_strengths,
+                                                   H, N, W)
+        else:
+            status = dmem_content_backward_heads_f(memory, memory_norms, keys, key_norms,
+                                                   strengths, cosines, weights, grad, NULL,
+                                                   grad_memory, grad_keys, grad_strengths,
+                                                   H, N, W)
+        if status == 0:
+            return
     for h in range(H):
         for i in range(N):
             grad_head[i] = grad[h * N + i]
@@ -692,7 +613,7 @@ cdef void _ntm_address_backward_row(const floating* memory, const floating* keys
                                     Py_ssize_t H, Py_ssize_t N, Py_ssize_t W,
                                     Py_ssize_t S) noexcept nogil:
     cdef Py_ssize_t h, i
-    cdef double g, grad_g, gwg
+    cdef double g, gwg
     cdef double* wg = work
     cdef double* ws = work + N
     cdef double* gout = work + 2 * N
@@ -703,7 +624,15 @@ cdef void _ntm_address_backward_row(const floating* memory, const floating* keys
     cdef double* s = work + 7 * N
     cdef double* gs = work + 7 * N + S
     cdef double* grad_key_acc = work + 7 * N + 2 * S
+    # With several heads, the content weighting's backward runs once for all of
+    # them (one pass over memory) from their gradients kept in ``all_gwc``.
+    cdef double* all_gwc = NULL
+    cdef int status = -1
+    if H > 1:
+        all_gwc = <double*>malloc(H * N * sizeof(double))
     for h in range(H):
+        if all_gwc != NULL:
+            gwc = all_gwc + h * N
         # Recompute the interpolated and shifted weightings (O(N S)).
         g = gates[h]
         for i in range(N):
@@ -719,18 +648,38 @@ cdef void _ntm_address_backward_row(const floating* memory, const floating* keys
         for i in range(S):
             grad_shifts[h * S + i] = gs[i]
         # interpolation
-        grad_g = 0.0
         for i in range(N):
             gwg = gwc[i]
-            grad_g = grad_g + gwg * (content[h * N + i] - weights_prev[h * N + i])
+            wg[i] = content[h * N + i] - weights_prev[h * N + i]
             grad_weights_prev[h * N + i] = (1.0 - g) * gwg
-            gwc[i] = g * gwg
-        grad_gates[h] = grad_g
+        grad_gates[h] = _sum_products(gwc, wg, N)
+        for i in range(N):
+            gwc[i] = g * gwc[i]
         # content weighting
+        if all_gwc != NULL:
+            continue
         grad_strengths[h] = _content_head_backward(
             memory, memory_norms, keys + h * W, key_norms[h], strengths[h],
             cosines + h * N, content + h * N, gwc, h == 0,
             grad_memory, grad_keys + h * W, row_key, row_memory, grad_key_acc, N, W)
+    if all_gwc != NULL:
+        if floating is double:
+            status = dmem_content_backward_heads_d(memory, memory_norms, keys, key_norms,
+                                                   strengths, cosines, content, NULL, all_gwc,
+                                                   grad_memory, grad_keys, grad_strengths,
+                                                   H, N, W)
+        else:
+            status = dmem_content_backward_heads_f(memory, memory_norms, keys, key_norms,
+                                                   strengths, cosines, content, NULL, all_gwc,
+                                                   grad_memory, grad_keys, grad_strengths,
+                                                   H, N, W)
+        if status != 0:  # no scratch for the joint pass: one pass per head
+            for h in range(H):
+                grad_strengths[h] = _content_head_backward(
+                    memory, memory_norms, keys + h * W, key_norms[h], strengths[h],
+                    cosines + h * N, content + h * N, all_gwc + h * N, h == 0,
+                    grad_memory, grad_keys + h * W, row_key, row_memory, grad_key_acc, N, W)
+        free(all_gwc)
 
 
 def ntm_address_backward(const floating[:, :, ::1] memory,

@@ -17,6 +17,7 @@ import dmem
 from dmem.compiled import _common
 from dmem import compiled, reference
 from dmem.compiled import addressing as cad
+from dmem._kernels import addressing as addressing_kernels
 from dmem.reference import addressing as rad
 
 OPS = {
@@ -446,3 +447,118 @@ def test_wrong_gradient_shape_or_dtype_is_refused(name):
         backward(saved, np.ones(out.shape, dtype=np.complex128))
     with pytest.raises(TypeError):
         backward(saved)
+
+
+# ---------------------------------------------------------------- instruction sets
+#
+# The content weighting, shift and sharpening loops (addressing_simd.h) exist in
+# a baseline version and, on x86 CPUs that have them, an AVX2/FMA one and an
+# AVX-512 one; the widest is chosen at import.  Each is tested against the
+# reference, and each against the baseline.
+
+SIMD_LEVELS = list(addressing_kernels.simd_levels_supported())
+
+
+@pytest.fixture(params=SIMD_LEVELS)
+def simd_level(request):
+    previous = addressing_kernels.simd_level()
+    assert addressing_kernels._set_simd(request.param) == request.param
+    yield request.param
+    addressing_kernels._set_simd(previous)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [
+    dict(B=2, N=1, W=1, H=1, S=1), dict(B=3, N=13, W=7, H=2, S=3),
+    dict(B=2, N=128, W=20, H=4, S=3), dict(B=2, N=37, W=9, H=3, S=5),
+])
+def test_each_simd_level_matches_reference(simd_level, name, shape):
+    rng = np.random.default_rng(20)
+    check_against_reference(name, args_of(name, make_inputs(rng, **shape)), rng)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_simd_level_float32(simd_level, name):
+    rng = np.random.default_rng(21)
+    args = args_of(name, make_inputs(rng, B=3, N=19, W=11, H=2, S=3, dtype=np.float32))
+    check_against_reference(name, args, rng, rtol_fwd=1e-4, rtol_bwd=1e-4, floor=1e-5)
+
+
+@pytest.mark.parametrize("name", ["content_weights", "ntm_address"])
+@pytest.mark.parametrize("big", [1e3, 1e5])
+def test_each_simd_level_large_strengths_and_zero_rows(simd_level, name, big):
+    rng = np.random.default_rng(22)
+    x = make_inputs(rng, B=3, N=21, W=6, H=2, S=3)
+    x["strengths"] = np.full((3, 2), big)
+    x["memory"][0] = 0.0
+    x["memory"][1, 5] = 0.0
+    x["keys"][2, 1] = 0.0
+    out, grads = check_against_reference(name, args_of(name, x), rng)
+    np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-12)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("level", SIMD_LEVELS[1:] or ["none"])
+def test_simd_levels_agree_with_baseline(name, level):
+    if level == "none":
+        pytest.skip("this CPU has no AVX2/FMA")
+    rng = np.random.default_rng(23)
+    args = args_of(name, make_inputs(rng, B=4, N=67, W=13, H=3, S=5))
+    cot = rng.normal(size=(4, 3, 67))
+    forward, backward = compiled_pair(name)
+    previous = addressing_kernels.simd_level()
+    results = []
+    try:
+        for chosen in ("baseline", level):
+            addressing_kernels._set_simd(chosen)
+            out, saved = forward(*args)
+            results.append((out, backward(saved, cot)))
+    finally:
+        addressing_kernels._set_simd(previous)
+    (o1, g1), (o2, g2) = results
+    assert_close(o1, o2, 1e-10, 1e-12)
+    for a, b in zip(g1, g2):
+        assert_close(a, b, 1e-9, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_similarity_of_a_row_does_not_depend_on_its_position(simd_level, dtype):
+    # rows go four at a time through the vector loops, the last N % 4 alone:
+    # the same row gives the same bits wherever it sits
+    rng = np.random.default_rng(24)
+    B, N, W, H = 2, 11, 9, 2
+    memory = rng.normal(size=(B, N, W)).astype(dtype)
+    keys = rng.normal(size=(B, H, W)).astype(dtype)
+    strengths = rng.uniform(0.0, 5.0, size=(B, H)).astype(dtype)
+    order = np.array([10, 3, 7, 0, 9, 1, 8, 2, 6, 4, 5])
+
+    def run(memory):
+        memory = np.ascontiguousarray(memory)
+        weights = np.empty((B, H, N), dtype)
+        cosines = np.empty((B, H, N), dtype)
+        memory_norms = np.empty((B, N), dtype)
+        key_norms = np.empty((B, H), dtype)
+        addressing_kernels.content_weights_forward(
+            memory, keys, strengths, weights, cosines, memory_norms, key_norms,
+            np.empty((B, 2 * N)), 1)
+        return cosines, memory_norms, key_norms
+
+    cosines, norms, key_norms = run(memory)
+    cosines_p, norms_p, key_norms_p = run(memory[:, order])
+    np.testing.assert_array_equal(cosines_p, cosines[:, :, order])
+    np.testing.assert_array_equal(norms_p, norms[:, order])
+    np.testing.assert_array_equal(key_norms_p, key_norms)
+
+
+def test_simd_level_is_reported():
+    level = addressing_kernels.simd_level()
+    assert level == SIMD_LEVELS[-1]  # the widest the CPU has, chosen at import
+    assert SIMD_LEVELS[0] == "baseline"
+    try:
+        assert addressing_kernels._set_simd(False) == "baseline"
+        assert addressing_kernels._set_simd(True) == SIMD_LEVELS[-1]
+        for chosen in SIMD_LEVELS:
+            assert addressing_kernels._set_simd(chosen) == chosen
+    finally:
+        addressing_kernels._set_simd(level)
