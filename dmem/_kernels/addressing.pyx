@@ -240,6 +240,25 @@ cdef double _sharpen_backward(const double* weights, const floating* out,
         return dmem_sharpen_backward_f(weights, out, log_weights, gamma, grad_out, grad_weights, N)
 
 
+cdef inline int _content_backward_heads(
+        const floating* memory, const floating* memory_norms, const floating* keys,
+        const floating* key_norms, const floating* strengths, const floating* cosines,
+        const floating* weights, const floating* grad, const double* grad_double,
+        floating* grad_memory, floating* grad_keys, floating* grad_strengths,
+        Py_ssize_t H, Py_ssize_t N, Py_ssize_t W) noexcept nogil:
+    """The content weighting's backward for all ``H`` heads of a row in one pass over
+    memory (addressing_simd.h); the cotangent of the weights from ``grad`` or, when
+    that is NULL, ``grad_double``.  -1 when its scratch cannot be allocated."""
+    if floating is double:
+        return dmem_content_backward_heads_d(memory, memory_norms, keys, key_norms, strengths,
+                                             cosines, weights, grad, grad_double, grad_memory,
+                                             grad_keys, grad_strengths, H, N, W)
+    else:
+        return dmem_content_backward_heads_f(memory, memory_norms, keys, key_norms, strengths,
+                                             cosines, weights, grad, grad_double, grad_memory,
+                                             grad_keys, grad_strengths, H, N, W)
+
+
 # ---------------------------------------------------------------- content_weights
 
 cdef void _content_weights_row(const floating* memory, const floating* keys,
@@ -301,16 +320,9 @@ cdef void _content_weights_backward_row(const floating* memory, const floating* 
     cdef double* grad_key_acc = work + 3 * N
     cdef int status
     if H > 1:  # all heads in one pass over memory (addressing_simd.h); -1: no scratch
-        if floating is double:
-            status = dmem_content_backward_heads_d(memory, memory_norms, keys, key_norms,
-                                                   strengths, cosines, weights, grad, NULL,
-                                                   grad_memory, grad_keys, grad_strengths,
-                                                   H, N, W)
-        else:
-            status = dmem_content_backward_heads_f(memory, memory_norms, keys, key_norms,
-                                                   strengths, cosines, weights, grad, NULL,
-                                                   grad_memory, grad_keys, grad_strengths,
-                                                   H, N, W)
+        status = _content_backward_heads(memory, memory_norms, keys, key_norms, strengths,
+                                         cosines, weights, grad, NULL, grad_memory, grad_keys,
+                                         grad_strengths, H, N, W)
         if status == 0:
             return
     for h in range(H):
@@ -663,16 +675,9 @@ cdef void _ntm_address_backward_row(const floating* memory, const floating* keys
             cosines + h * N, content + h * N, gwc, h == 0,
             grad_memory, grad_keys + h * W, row_key, row_memory, grad_key_acc, N, W)
     if all_gwc != NULL:
-        if floating is double:
-            status = dmem_content_backward_heads_d(memory, memory_norms, keys, key_norms,
-                                                   strengths, cosines, content, NULL, all_gwc,
-                                                   grad_memory, grad_keys, grad_strengths,
-                                                   H, N, W)
-        else:
-            status = dmem_content_backward_heads_f(memory, memory_norms, keys, key_norms,
-                                                   strengths, cosines, content, NULL, all_gwc,
-                                                   grad_memory, grad_keys, grad_strengths,
-                                                   H, N, W)
+        status = _content_backward_heads(memory, memory_norms, keys, key_norms, strengths,
+                                         cosines, content, NULL, all_gwc, grad_memory,
+                                         grad_keys, grad_strengths, H, N, W)
         if status != 0:  # no scratch for the joint pass: one pass per head
             for h in range(H):
                 grad_strengths[h] = _content_head_backward(
