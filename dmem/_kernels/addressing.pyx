@@ -240,6 +240,19 @@ cdef double _sharpen_backward(const double* weights, const floating* out,
         return dmem_sharpen_backward_f(weights, out, log_weights, gamma, grad_out, grad_weights, N)
 
 
+cdef bint _JOINT_HEADS = True  # False (tests only): the joint pass reports no scratch
+
+
+def _set_joint_heads(bint enabled):
+    """Tests: with ``False`` the all-heads content backward answers as when its
+    scratch cannot be allocated, so that the per-head fallbacks run.  Returns the
+    previous setting."""
+    global _JOINT_HEADS
+    cdef bint previous = _JOINT_HEADS
+    _JOINT_HEADS = enabled
+    return previous
+
+
 cdef inline int _content_backward_heads(
         const floating* memory, const floating* memory_norms, const floating* keys,
         const floating* key_norms, const floating* strengths, const floating* cosines,
@@ -249,6 +262,8 @@ cdef inline int _content_backward_heads(
     """The content weighting's backward for all ``H`` heads of a row in one pass over
     memory (addressing_simd.h); the cotangent of the weights from ``grad`` or, when
     that is NULL, ``grad_double``.  -1 when its scratch cannot be allocated."""
+    if not _JOINT_HEADS:
+        return -1
     if floating is double:
         return dmem_content_backward_heads_d(memory, memory_norms, keys, key_norms, strengths,
                                              cosines, weights, grad, grad_double, grad_memory,

@@ -562,3 +562,28 @@ def test_simd_level_is_reported():
             assert addressing_kernels._set_simd(chosen) == chosen
     finally:
         addressing_kernels._set_simd(level)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["content_weights", "ntm_address"])
+def test_per_head_fallback_of_the_joint_content_backward(simd_level, name, dtype):
+    """With several heads the content backward runs once for all of them; when its
+    scratch cannot be allocated, each head runs on its own.  That fallback (forced
+    here) matches the reference and the joint pass."""
+    rng = np.random.default_rng(23)
+    args = args_of(name, make_inputs(rng, B=3, N=19, W=11, H=3, S=3, dtype=dtype))
+    tol = dict(rtol_fwd=1e-10, rtol_bwd=1e-9, floor=1e-12) if dtype == np.float64 else \
+        dict(rtol_fwd=1e-4, rtol_bwd=1e-4, floor=1e-5)
+    joint = check_against_reference(name, args, np.random.default_rng(5), **tol)
+    previous = addressing_kernels._set_joint_heads(False)
+    try:
+        alone = check_against_reference(name, args, np.random.default_rng(5), **tol)
+    finally:
+        addressing_kernels._set_joint_heads(previous)
+    # the two sum in different orders: as close as each is to the reference
+    # (float32: the suite's float32 tolerance)
+    for a, b in zip(joint[1], alone[1]):
+        if dtype == np.float64:
+            assert_close(a, b, 1e-12, 1e-12)
+        else:
+            assert_close(a, b, 1e-4, 1e-5)
