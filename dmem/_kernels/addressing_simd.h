@@ -40,7 +40,8 @@
  * deterministically.  Compilers without vector extensions get scalar loops.
  *
  * The file includes itself once per (dtype, instruction set), with
- * DMEM_CW_BODY defined, for the bodies of the functions.
+ * DMEM_CW_BODY defined, for the bodies of the functions; each instruction
+ * set's pair of dtypes goes through addressing_simd_level.h.
  */
 
 #ifndef DMEM_CW_BODY
@@ -115,28 +116,7 @@ typedef unsigned long long dmem_cw_u8 __attribute__((vector_size(64)));
 #define DMEM_CW_V 1
 #define DMEM_CW_VTU double
 #endif
-#define DMEM_CW_T double
-#define DMEM_CW_SUFFIX d
-#define DMEM_CW_DOUBLE 1
-#include "addressing_simd.h"
-#undef DMEM_CW_DOUBLE
-#undef DMEM_CW_T
-#undef DMEM_CW_SUFFIX
-#define DMEM_CW_T float
-#define DMEM_CW_SUFFIX f
-#include "addressing_simd.h"
-#undef DMEM_CW_T
-#undef DMEM_CW_SUFFIX
-#undef DMEM_CW_ATTR
-#undef DMEM_CW_ISA
-#undef DMEM_CW_V
-#undef DMEM_CW_VT
-#undef DMEM_CW_VTU
-#undef DMEM_CW_FVTU
-#undef DMEM_CW_FVT
-#undef DMEM_CW_SQRT
-#undef DMEM_CW_VI
-#undef DMEM_CW_VU
+#include "addressing_simd_level.h"
 
 #if DMEM_CW_DISPATCH
 /* ---- AVX2 + FMA ---- */
@@ -150,28 +130,7 @@ typedef unsigned long long dmem_cw_u8 __attribute__((vector_size(64)));
 #define DMEM_CW_VI dmem_cw_i4
 #define DMEM_CW_VU dmem_cw_u4
 #define DMEM_CW_SQRT(v) ((dmem_cw_d4)_mm256_sqrt_pd((__m256d)(v)))
-#define DMEM_CW_T double
-#define DMEM_CW_SUFFIX d
-#define DMEM_CW_DOUBLE 1
-#include "addressing_simd.h"
-#undef DMEM_CW_DOUBLE
-#undef DMEM_CW_T
-#undef DMEM_CW_SUFFIX
-#define DMEM_CW_T float
-#define DMEM_CW_SUFFIX f
-#include "addressing_simd.h"
-#undef DMEM_CW_T
-#undef DMEM_CW_SUFFIX
-#undef DMEM_CW_ATTR
-#undef DMEM_CW_ISA
-#undef DMEM_CW_V
-#undef DMEM_CW_VT
-#undef DMEM_CW_VTU
-#undef DMEM_CW_FVTU
-#undef DMEM_CW_FVT
-#undef DMEM_CW_SQRT
-#undef DMEM_CW_VI
-#undef DMEM_CW_VU
+#include "addressing_simd_level.h"
 
 /* ---- AVX-512 (F, VL, DQ) + FMA: 64-byte vectors, masked loads and stores
  * for the last values of a row ---- */
@@ -186,29 +145,7 @@ typedef unsigned long long dmem_cw_u8 __attribute__((vector_size(64)));
 #define DMEM_CW_VU dmem_cw_u8
 #define DMEM_CW_MASKED 1
 #define DMEM_CW_SQRT(v) ((dmem_cw_d8)_mm512_sqrt_pd((__m512d)(v)))
-#define DMEM_CW_T double
-#define DMEM_CW_SUFFIX d
-#define DMEM_CW_DOUBLE 1
-#include "addressing_simd.h"
-#undef DMEM_CW_DOUBLE
-#undef DMEM_CW_T
-#undef DMEM_CW_SUFFIX
-#define DMEM_CW_T float
-#define DMEM_CW_SUFFIX f
-#include "addressing_simd.h"
-#undef DMEM_CW_T
-#undef DMEM_CW_SUFFIX
-#undef DMEM_CW_ATTR
-#undef DMEM_CW_ISA
-#undef DMEM_CW_V
-#undef DMEM_CW_VT
-#undef DMEM_CW_VTU
-#undef DMEM_CW_FVTU
-#undef DMEM_CW_FVT
-#undef DMEM_CW_VI
-#undef DMEM_CW_VU
-#undef DMEM_CW_MASKED
-#undef DMEM_CW_SQRT
+#include "addressing_simd_level.h"
 #endif
 #undef DMEM_CW_BODY
 
