@@ -401,7 +401,7 @@ def test_disagreeing_batch_sizes_are_refused(name):
     for i, arg_name in enumerate(OPS[name]):
         args = good_args(name)
         args[i] = grow(args[i], 0, 1)
-        with pytest.raises(ValueError, match=f"batch B=4.*B=3|batch B=3.*B=4"):
+        with pytest.raises(ValueError, match="batch B=4.*B=3|batch B=3.*B=4"):
             compiled_pair(name)[0](*args)
 
 
@@ -449,36 +449,6 @@ def test_even_shift_width_is_refused(name):
     args[i] = np.concatenate([args[i], args[i][..., :1]], axis=-1)
     with pytest.raises(ValueError, match="odd"):
         compiled_pair(name)[0](*args)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_wrong_number_of_arguments_is_refused(name):
-    with pytest.raises(TypeError):
-        compiled_pair(name)[0](*good_args(name)[:-1])
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_garbage_saved_is_refused(name):
-    backward = compiled_pair(name)[1]
-    other = "shift" if name != "shift" else "sharpen"
-    out, other_saved = compiled_pair(other)[0](*good_args(other))
-    for garbage in [None, object(), (1, 2), other_saved, good_args(name)]:
-        with pytest.raises(TypeError, match="saved"):
-            backward(garbage, np.ones_like(out))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_wrong_gradient_shape_or_dtype_is_refused(name):
-    forward, backward = compiled_pair(name)
-    out, saved = forward(*good_args(name))
-    with pytest.raises(ValueError, match="shape"):
-        backward(saved, np.ones(out.shape[:-1] + (out.shape[-1] + 1,)))
-    with pytest.raises(ValueError, match="shape"):
-        backward(saved, np.ones(out.shape[1:]))
-    with pytest.raises(TypeError, match="float"):
-        backward(saved, np.ones(out.shape, dtype=np.complex128))
-    with pytest.raises(TypeError):
-        backward(saved)
 
 
 # ---------------------------------------------------------------- instruction sets
