@@ -13,11 +13,8 @@ reference runs are ``dmem.reference.X`` and ``autograd.make_vjp`` of it.
 import importlib
 
 import pytest
-from autograd import make_vjp
 
-compiled = importlib.import_module("dmem.compiled.addressing")
 kernels = importlib.import_module("dmem._kernels.addressing")
-reference = importlib.import_module("dmem.reference.addressing")
 
 W = 20
 S = 3
@@ -42,44 +39,16 @@ def make_inputs(op, rng, B, N, H):
     }[op]
 
 
-def forward_fn(op, implementation):
-    if implementation == "compiled":
-        fwd = getattr(compiled, op + "_forward")
-        return lambda inputs, cotangent: fwd(*inputs)
-    ref = getattr(reference, op)
-    return lambda inputs, cotangent: ref(*inputs)
-
-
-def forward_backward_fn(op, implementation):
-    if implementation == "compiled":
-        fwd = getattr(compiled, op + "_forward")
-        bwd = getattr(compiled, op + "_backward")
-
-        def run(inputs, cotangent):
-            _, saved = fwd(*inputs)
-            return bwd(saved, cotangent)
-
-        return run
-    ref = getattr(reference, op)
-
-    def run(inputs, cotangent):
-        vjp, _ = make_vjp(lambda args: ref(*args))(inputs)
-        return vjp(cotangent)
-
-    return run
-
-
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("B,N,H", SIZES, ids=[f"B={b},N={n},H={h}" for b, n, h in SIZES])
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("op", OPS)
-def test_bench(record, rng, op, mode, B, N, H, implementation):
+def test_bench(record, rng, runner, op, mode, B, N, H, implementation):
     inputs = make_inputs(op, rng, B, N, H)
     cotangent = rng.standard_normal((B, H, N))
-    make = forward_fn if mode == "fwd" else forward_backward_fn
-    run = make(op, implementation)
+    run = runner(op, mode, implementation)
     benchmark = record(f"{op} {mode}|B={B},N={N},H={H}", implementation)
     if implementation == "compiled":
         benchmark.extra_info["simd"] = kernels.simd_level()
-    result = benchmark(run, inputs, cotangent)
+    result = benchmark(run, inputs, (cotangent,))
     assert result is not None

@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 import pytest
-from autograd import make_vjp
 
 
 def _module(implementation):
@@ -77,33 +76,6 @@ def make_cotangents(op, rng, B, N):
     return tuple(rng.standard_normal(s) for s in shapes)
 
 
-def forward_fn(op, implementation):
-    if implementation == "compiled":
-        fwd = getattr(_module("compiled"), op + "_forward")
-        return lambda inputs, cots: fwd(*inputs)
-    ref = getattr(_module("reference"), op)
-    return lambda inputs, cots: ref(*inputs)
-
-
-def forward_backward_fn(op, implementation):
-    if implementation == "compiled":
-        fwd = getattr(_module("compiled"), op + "_forward")
-        bwd = getattr(_module("compiled"), op + "_backward")
-
-        def run(inputs, cots):
-            _, saved = fwd(*inputs)
-            return bwd(saved, *cots)
-
-        return run
-    ref = getattr(_module("reference"), op)
-
-    def run(inputs, cots):
-        vjp, _ = make_vjp(lambda args: ref(*args))(inputs)
-        return vjp(cots if len(cots) > 1 else cots[0])
-
-    return run
-
-
 def _min_seconds(benchmark):
     """The fastest round of a finished pytest-benchmark run (None when disabled)."""
     stats = getattr(benchmark, "stats", None)
@@ -116,11 +88,10 @@ def _min_seconds(benchmark):
 @pytest.mark.parametrize("B", BATCHES)
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("op", OPS)
-def test_bench(record, rng, op, mode, B, N, implementation):
+def test_bench(record, rng, runner, op, mode, B, N, implementation):
     inputs = make_inputs(op, rng, B, N)
     cots = make_cotangents(op, rng, B, N)
-    make = forward_fn if mode == "fwd" else forward_backward_fn
-    run = make(op, implementation)
+    run = runner(op, mode, implementation)
     group = f"{op} {mode}|B={B},N={N}"
     benchmark = record(group, implementation)
     result = benchmark(run, inputs, cots)
@@ -257,7 +228,7 @@ def _time_min(fn, rounds=5):
     return best
 
 
-def test_link_step_bandwidth_floor(rng, capsys, record_property):
+def test_link_step_bandwidth_floor(rng, runner, capsys, record_property):
     """Print the floor and the ratio, from this run's benchmarks when they ran (else
     timed here, e.g. with --benchmark-disable or -k)."""
     triad_s = _TIMES.get("triad")
@@ -269,7 +240,7 @@ def test_link_step_bandwidth_floor(rng, capsys, record_property):
     if link_s is None:
         inputs = make_inputs("link_step", rng, 16, 1024)
         cots = make_cotangents("link_step", rng, 16, 1024)
-        run = forward_backward_fn("link_step", "compiled")
+        run = runner("link_step", "fwd+bwd", "compiled")
         link_s = _time_min(lambda: run(inputs, cots))
     bandwidth, floor, ratio = bandwidth_floor(triad_s, link_s)
     for key, value in dict(triad_bandwidth=bandwidth, floor_seconds=floor,
