@@ -64,7 +64,7 @@ from .ntm import (
     check_targets,
     make_rng,
     resolve_ops,
-    stack_records,
+    unroll,
 )
 
 __all__ = [
@@ -345,19 +345,10 @@ def forward(params, buffers, config, x, ops=None, return_trace=False):
     ops = resolve_ops(ops, DNC_OPS)
     dtype = check_params(params, param_shapes(config), "DNC")
     check_params(buffers, buffer_shapes(config), "DNC", kind="buffers")
-    steps, batch = check_sequence(x, config.input_size)
+    _, batch = check_sequence(x, config.input_size)
     x = cast(x, dtype)
     state = initial_state(config, batch, dtype)
-    logits, records = [], []
-    for t in range(steps):
-        y, state, record = step(params, config, x[t], state, ops)
-        logits.append(y)
-        if return_trace:
-            records.append(record)
-    logits = np.stack(logits)
-    if return_trace:
-        return logits, stack_records(records)
-    return logits
+    return unroll(step, params, config, x, state, ops, return_trace)
 
 
 def loss(params, buffers, config, x, target, mask, ops=None):

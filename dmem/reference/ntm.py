@@ -348,19 +348,10 @@ def forward(params, buffers, config, x, ops=None, return_trace=False):
     ops = resolve_ops(ops, NTM_OPS)
     dtype = check_params(params, param_shapes(config), "NTM")
     check_params(buffers, buffer_shapes(config), "NTM", kind="buffers")
-    steps, batch = check_sequence(x, config.input_size)
+    _, batch = check_sequence(x, config.input_size)
     x = cast(x, dtype)
     state = initial_state(params, buffers, config, batch, dtype)
-    logits, records = [], []
-    for t in range(steps):
-        y, state, record = step(params, config, x[t], state, ops)
-        logits.append(y)
-        if return_trace:
-            records.append(record)
-    logits = np.stack(logits)
-    if return_trace:
-        return logits, stack_records(records)
-    return logits
+    return unroll(step, params, config, x, state, ops, return_trace)
 
 
 def loss(params, buffers, config, x, target, mask, ops=None):
@@ -378,6 +369,21 @@ def loss(params, buffers, config, x, target, mask, ops=None):
 # --------------------------------------------------------------------------
 # Helpers shared with dnc.py
 # --------------------------------------------------------------------------
+
+def unroll(step, params, config, x, state, ops, return_trace):
+    """Run ``step`` over the time steps of ``x (T, B, I)`` from ``state``: logits
+    ``(T, B, O)``, with the stacked records of every step when ``return_trace``."""
+    logits, records = [], []
+    for t in range(x.shape[0]):
+        y, state, record = step(params, config, x[t], state, ops)
+        logits.append(y)
+        if return_trace:
+            records.append(record)
+    logits = np.stack(logits)
+    if return_trace:
+        return logits, stack_records(records)
+    return logits
+
 
 def _set_int_field(config, name, minimum):
     value = getattr(config, name)
