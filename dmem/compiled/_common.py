@@ -13,6 +13,8 @@ fall back to the full validation of :mod:`dmem._validate`, which converts or
 refuses with a message naming the argument, for anything else.
 """
 
+import types
+
 import numpy as np
 
 from .._backend import get_num_threads
@@ -81,6 +83,30 @@ class Saved:
 
     def __repr__(self):
         return f"<compiled saved state of {self._op}>"
+
+
+class by_dtype:
+    """The fused-type kernels of a ``dmem._kernels`` module, specialised per dtype.
+
+    ``kernels[dtype].name`` is the float64 (``"double"``) or float32
+    (``"float"``) version of the module's function ``name``.  Calling a
+    specialisation skips Cython's choice among them by the arguments' types:
+    0.2–0.3 µs of a forward and backward of shift or precedence at B=16,
+    N=128 (6.4–7.7 µs in all; a timing script, back to back).
+    """
+
+    __slots__ = ("_table",)
+
+    def __init__(self, module):
+        self._table = {
+            np.dtype(dtype): types.SimpleNamespace(**{
+                name: fn[ctype] if getattr(fn, "__signatures__", None) else fn
+                for name, fn in vars(module).items() if not name.startswith("__")})
+            for dtype, ctype in ((np.float64, "double"), (np.float32, "float"))
+        }
+
+    def __getitem__(self, dtype):
+        return self._table[dtype]
 
 
 def forward_inputs(name, inputs):

@@ -26,8 +26,10 @@ as in the reference.
 
 import numpy as np
 
-from .._kernels import addressing as _kernels
-from ._common import Saved, backward_inputs, forward_inputs, op_threads, output
+from .._kernels import addressing as _kernel_module
+from ._common import Saved, by_dtype, backward_inputs, forward_inputs, op_threads, output
+
+_kernels = by_dtype(_kernel_module)
 
 
 def _threads(batch, work):
@@ -54,7 +56,7 @@ def content_weights_forward(memory, keys, strengths):
     cosines = np.empty((B, H, N), dtype=dtype)
     memory_norms = np.empty((B, N), dtype=dtype)
     key_norms = np.empty((B, H), dtype=dtype)
-    _kernels.content_weights_forward(
+    _kernels[memory.dtype].content_weights_forward(
         memory, keys, strengths, weights, cosines, memory_norms, key_norms,
         _work(B, 2 * N), _threads(B, B * H * N * W))
     saved = Saved("content_weights",
@@ -75,7 +77,7 @@ def content_weights_backward(saved, grad_weights):
     grad_memory = output((B, N, W), dtype)
     grad_keys = np.empty((B, H, W), dtype=dtype)
     grad_strengths = np.empty((B, H), dtype=dtype)
-    _kernels.content_weights_backward(
+    _kernels[memory.dtype].content_weights_backward(
         memory, keys, strengths, weights, cosines, memory_norms, key_norms, grad,
         grad_memory, grad_keys, grad_strengths, _work(B, 3 * N + W), _threads(B, B * H * N * W))
     return grad_memory, grad_keys, grad_strengths
@@ -92,7 +94,7 @@ def shift_forward(weights, shifts):
     (weights, shifts), sizes = forward_inputs("shift", (weights, shifts))
     B, N, H, S, dtype = sizes["B"], sizes["N"], sizes["H"], sizes["S"], sizes["dtype"]
     out = np.empty((B, H, N), dtype=dtype)
-    _kernels.shift_forward(weights, shifts, out, _work(B, 2 * N + S), _threads(B, B * H * N * S))
+    _kernels[weights.dtype].shift_forward(weights, shifts, out, _work(B, 2 * N + S), _threads(B, B * H * N * S))
     return out, Saved("shift", (weights, shifts), None, sizes)
 
 
@@ -105,7 +107,7 @@ def shift_backward(saved, grad_weights):
     B, N, H, S, dtype = (saved.sizes[k] for k in ("B", "N", "H", "S", "dtype"))
     grad_w = np.empty((B, H, N), dtype=dtype)
     grad_s = np.empty((B, H, S), dtype=dtype)
-    _kernels.shift_backward(weights, shifts, grad, grad_w, grad_s, _work(B, 3 * N + 2 * S),
+    _kernels[weights.dtype].shift_backward(weights, shifts, grad, grad_w, grad_s, _work(B, 3 * N + 2 * S),
                             _threads(B, 2 * B * H * N * S))
     return grad_w, grad_s
 
@@ -122,7 +124,7 @@ def sharpen_forward(weights, gamma):
     B, N, H, dtype = sizes["B"], sizes["N"], sizes["H"], sizes["dtype"]
     out = np.empty((B, H, N), dtype=dtype)
     log_weights = np.empty((B, H, N), dtype=np.float64)
-    _kernels.sharpen_forward(weights, gamma, out, log_weights, _work(B, 2 * N),
+    _kernels[weights.dtype].sharpen_forward(weights, gamma, out, log_weights, _work(B, 2 * N),
                              _threads(B, 16 * B * H * N))
     return out, Saved("sharpen", (weights, gamma, out, log_weights), None, sizes)
 
@@ -137,7 +139,7 @@ def sharpen_backward(saved, grad_weights):
     B, N, H, dtype = (saved.sizes[k] for k in ("B", "N", "H", "dtype"))
     grad_w = np.empty((B, H, N), dtype=dtype)
     grad_gamma = np.empty((B, H), dtype=dtype)
-    _kernels.sharpen_backward(weights, gamma, out, log_weights, grad, grad_w, grad_gamma,
+    _kernels[weights.dtype].sharpen_backward(weights, gamma, out, log_weights, grad, grad_w, grad_gamma,
                               _work(B, 3 * N), _threads(B, 4 * B * H * N))
     return grad_w, grad_gamma
 
@@ -160,7 +162,7 @@ def ntm_address_forward(memory, keys, strengths, gates, shifts, gamma, weights_p
     memory_norms = np.empty((B, N), dtype=dtype)
     key_norms = np.empty((B, H), dtype=dtype)
     log_weights = np.empty((B, H, N), dtype=np.float64)
-    _kernels.ntm_address_forward(
+    _kernels[inputs[0].dtype].ntm_address_forward(
         *inputs, out, content, cosines, memory_norms, key_norms, log_weights,
         _work(B, 4 * N + S), _threads(B, B * H * N * (W + S + 16)))
     saved = Saved("ntm_address",
@@ -188,7 +190,7 @@ def ntm_address_backward(saved, grad_weights):
         np.empty((B, H), dtype=dtype),     # gamma
         np.empty((B, H, N), dtype=dtype),  # weights_prev
     )
-    _kernels.ntm_address_backward(
+    _kernels[arrays[0].dtype].ntm_address_backward(
         *arrays, grad, *grads, _work(B, 7 * N + 2 * S + W),
         _threads(B, B * H * N * (W + 2 * S + 8)))
     return grads

@@ -6,8 +6,10 @@ Shapes: ``B`` batch, ``N`` memory slots, ``R`` read heads.  See
 
 import numpy as np
 
-from .._kernels import allocation as _kernels
-from ._common import Saved, backward_inputs, empty, forward_inputs, op_threads
+from .._kernels import allocation as _kernel_module
+from ._common import Saved, by_dtype, backward_inputs, empty, forward_inputs, op_threads
+
+_kernels = by_dtype(_kernel_module)
 
 
 def usage_forward(usage_prev, write_weights_prev, read_weights_prev, free_gates):
@@ -20,7 +22,7 @@ def usage_forward(usage_prev, write_weights_prev, read_weights_prev, free_gates)
         "usage", (usage_prev, write_weights_prev, read_weights_prev, free_gates)
     )
     out = empty((sizes["B"], sizes["N"]), sizes["dtype"])
-    _kernels.usage_forward(*arrays, out, num_threads=op_threads(sizes["B"], 2 * arrays[2].size))
+    _kernels[arrays[0].dtype].usage_forward(*arrays, out, num_threads=op_threads(sizes["B"], 2 * arrays[2].size))
     return out, Saved("usage", arrays, None, sizes)
 
 
@@ -30,7 +32,7 @@ def usage_backward(saved, grad_usage):
     (grad_usage,), arrays = backward_inputs("usage", saved, (grad_usage,),
                                             ("BN", "BN", "BRN", "BR"))
     grads = tuple(empty(a.shape, a.dtype) for a in arrays)
-    _kernels.usage_backward(*arrays, grad_usage, *grads,
+    _kernels[arrays[0].dtype].usage_backward(*arrays, grad_usage, *grads,
                            num_threads=op_threads(grad_usage.shape[0], 4 * arrays[2].size))
     return grads
 
@@ -49,7 +51,7 @@ def allocation_forward(usage):
     order = empty(shape, np.int64)
     prefix = empty(shape, sizes["dtype"])
     work = empty(shape, np.int64)
-    _kernels.allocation_forward(usage, out, order, prefix, work,
+    _kernels[usage.dtype].allocation_forward(usage, out, order, prefix, work,
                                 num_threads=op_threads(sizes["B"], 8 * usage.size))
     return out, Saved("allocation", (usage, order, prefix), None, sizes)
 
@@ -62,7 +64,7 @@ def allocation_backward(saved, grad_allocation):
     (grad_allocation,), (usage, order, prefix) = backward_inputs(
         "allocation", saved, (grad_allocation,), ("BN", "iBN", "BN"))
     grad_usage = empty(usage.shape, usage.dtype)
-    _kernels.allocation_backward(usage, order, prefix, grad_allocation, grad_usage,
+    _kernels[usage.dtype].allocation_backward(usage, order, prefix, grad_allocation, grad_usage,
                                  num_threads=op_threads(usage.shape[0], 4 * usage.size))
     return (grad_usage,)
 

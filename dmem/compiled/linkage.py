@@ -20,9 +20,11 @@ still write into a buffer of the caller's.
 
 import numpy as np
 
-from .._kernels import linkage as _k
+from .._kernels import linkage as _kernel_module
 from .._opspec import OPS
-from ._common import Saved, backward_inputs, empty, forward_inputs, op_threads, output
+from ._common import Saved, by_dtype, backward_inputs, empty, forward_inputs, op_threads, output
+
+_k = by_dtype(_kernel_module)
 
 
 def _threads(batch, work):
@@ -47,7 +49,7 @@ def precedence_forward(precedence_prev, write_weights):
     """
     (pp, w), sizes = forward_inputs("precedence", (precedence_prev, write_weights))
     p = empty(pp.shape, sizes["dtype"])
-    _k.precedence_forward(pp, w, p, num_threads=_threads(pp.shape[0], pp.size))
+    _k[pp.dtype].precedence_forward(pp, w, p, num_threads=_threads(pp.shape[0], pp.size))
     return p, Saved("precedence", (pp, w), None, sizes)
 
 
@@ -56,7 +58,7 @@ def precedence_backward(saved, grad_precedence):
     (dp,), (pp, w) = _backward_inputs("precedence", saved, (grad_precedence,))
     dpp = empty(pp.shape, pp.dtype)
     dw = empty(pp.shape, pp.dtype)
-    _k.precedence_backward(pp, w, dp, dpp, dw, num_threads=_threads(pp.shape[0], pp.size))
+    _k[pp.dtype].precedence_backward(pp, w, dp, dpp, dw, num_threads=_threads(pp.shape[0], pp.size))
     return dpp, dw
 
 
@@ -73,7 +75,7 @@ def link_forward(link_prev, write_weights, precedence_prev, *, out_link=None):
     else:
         link = _out_array("link_forward", "out_link", out_link, lp.shape, sizes["dtype"],
                           (lp, w, pp))
-    _k.link_forward(lp, w, pp, link, num_threads=_threads(lp.shape[0], lp.size))
+    _k[lp.dtype].link_forward(lp, w, pp, link, num_threads=_threads(lp.shape[0], lp.size))
     return link, Saved("link", (lp, w, pp), None, sizes)
 
 
@@ -90,7 +92,7 @@ def link_backward(saved, grad_link, *, out_grad_link_prev=None):
                          lp.shape, lp.dtype, (lp, w, pp, dl))
     dw = empty((B, N), lp.dtype)
     dpp = empty((B, N), lp.dtype)
-    _k.link_backward(lp, w, pp, dl, dlp, dw, dpp, num_threads=_threads(B, lp.size))
+    _k[lp.dtype].link_backward(lp, w, pp, dl, dlp, dw, dpp, num_threads=_threads(B, lp.size))
     return dlp, dw, dpp
 
 
@@ -103,7 +105,7 @@ def temporal_weights_forward(link, read_weights_prev):
     (L, wr), sizes = forward_inputs("temporal_weights", (link, read_weights_prev))
     f = empty(wr.shape, sizes["dtype"])
     bw = empty(wr.shape, sizes["dtype"])
-    _k.temporal_weights_forward(L, wr, f, bw,
+    _k[L.dtype].temporal_weights_forward(L, wr, f, bw,
                                 num_threads=_threads(L.shape[0], L.size * wr.shape[1]))
     return (f, bw), Saved("temporal_weights", (L, wr), None, sizes)
 
@@ -115,7 +117,7 @@ def temporal_weights_backward(saved, grad_forward_weights, grad_backward_weights
     B, R, N = wr.shape
     dL = output(L.shape, L.dtype)
     dwr = empty(wr.shape, L.dtype)
-    _k.temporal_weights_backward(L, wr, df, db, dL, dwr, num_threads=_threads(B, L.size * R))
+    _k[L.dtype].temporal_weights_backward(L, wr, df, db, dL, dwr, num_threads=_threads(B, L.size * R))
     return dL, dwr
 
 
@@ -164,7 +166,7 @@ def link_step_forward(link_prev, precedence_prev, write_weights, read_weights_pr
     p = empty(pp.shape, dtype)
     f = empty(wr.shape, dtype)
     bw = empty(wr.shape, dtype)
-    _k.link_step_forward(lp, pp, w, wr, link, p, f, bw,
+    _k[lp.dtype].link_step_forward(lp, pp, w, wr, link, p, f, bw,
                          num_threads=_threads(lp.shape[0], lp.size * (1 + wr.shape[1])))
     outputs = (link, p, f, bw)
     # The backward recomputes rows of the new link from link_prev: link is not kept.
@@ -194,6 +196,6 @@ def link_step_backward(saved, grad_link, grad_precedence, grad_forward_weights,
     dpp = empty((B, N), dtype)
     dw = empty((B, N), dtype)
     dwr = empty(wr.shape, dtype)
-    _k.link_step_backward(lp, pp, w, wr, dl, dp, df, db, dlp, dpp, dw, dwr,
+    _k[lp.dtype].link_step_backward(lp, pp, w, wr, dl, dp, df, db, dlp, dpp, dw, dwr,
                           num_threads=_threads(B, lp.size * (1 + R)))
     return dlp, dpp, dw, dwr

@@ -4,8 +4,10 @@ Shapes: ``B`` batch, ``N`` memory slots, ``W`` word size, ``H`` heads.  See
 :mod:`dmem.reference.memory` for the equations.
 """
 
-from .._kernels import memory as _kernels
-from ._common import Saved, backward_inputs, empty, forward_inputs, op_threads, output
+from .._kernels import memory as _kernel_module
+from ._common import Saved, by_dtype, backward_inputs, empty, forward_inputs, op_threads, output
+
+_kernels = by_dtype(_kernel_module)
 
 
 def read_forward(memory, weights):
@@ -16,7 +18,7 @@ def read_forward(memory, weights):
     arrays, sizes = forward_inputs("read", (memory, weights))
     memory, weights = arrays
     reads = empty((sizes["B"], sizes["H"], sizes["W"]), sizes["dtype"])
-    _kernels.read_forward(memory, weights, reads,
+    _kernels[memory.dtype].read_forward(memory, weights, reads,
                           num_threads=op_threads(sizes["B"], reads.size * sizes["N"]))
     return reads, Saved("read", arrays, None, sizes)
 
@@ -26,7 +28,7 @@ def read_backward(saved, grad_reads):
     (grad_reads,), (memory, weights) = backward_inputs("read", saved, (grad_reads,), ("BNW", "BHN"))
     grad_memory = output(memory.shape, memory.dtype)
     grad_weights = empty(weights.shape, weights.dtype)
-    _kernels.read_backward(memory, weights, grad_reads, grad_memory, grad_weights,
+    _kernels[memory.dtype].read_backward(memory, weights, grad_reads, grad_memory, grad_weights,
                            num_threads=op_threads(memory.shape[0],
                                                   2 * weights.size * memory.shape[2]))
     return grad_memory, grad_weights
@@ -41,7 +43,7 @@ def write_forward(memory, weights, erase, add):
     arrays, sizes = forward_inputs("write", (memory, weights, erase, add))
     memory, weights, erase, add = arrays
     out = output(memory.shape, sizes["dtype"])
-    _kernels.write_forward(memory, weights, erase, add, out,
+    _kernels[memory.dtype].write_forward(memory, weights, erase, add, out,
                           num_threads=op_threads(sizes["B"], 2 * weights.size * sizes["W"]))
     return out, Saved("write", arrays, None, sizes)
 
@@ -59,7 +61,7 @@ def write_backward(saved, grad_memory):
         empty(add.shape, dtype),
     )
     work = empty((erase.shape[0], erase.shape[1] + 1, erase.shape[2]), dtype)
-    _kernels.write_backward(memory, weights, erase, add, grad_out, *grads, work,
+    _kernels[memory.dtype].write_backward(memory, weights, erase, add, grad_out, *grads, work,
                             num_threads=op_threads(memory.shape[0],
                                                    6 * weights.size * memory.shape[2]))
     return grads
