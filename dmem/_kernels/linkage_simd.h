@@ -13,6 +13,10 @@
  *     dp_j  = sum_i G_ij w_i
  *     dwr_r = L^T df_r + L db_r
  *
+ * temporal_weights alone takes L as given (any values, diagonal included):
+ * the same f, b and dwr, and dL_ij = sum_r (df_r,i wr_r,j + wr_r,i db_r,j)
+ * for every i, j (no diagonal zeroing).
+ *
  * How: one row i of the link matrix at a time, in chunks of one vector
  * along j (16 bytes in the baseline version, 32 in the AVX2 one), with
  * GCC/clang vector extensions.  Per-j vectors (w, p, the read weightings, db) are copied once
