@@ -31,17 +31,18 @@ Backward of the precedence: ``dp_prev = (1 − Σw) dp``,
 ``dw_k += dp_k − Σ_i dp_i p_prev,i``.  Backward of the temporal weights:
 ``dL_ij = Σ_r (df_r,i w_r,j + w_r,i db_r,j)``, ``dw_r = Lᵀ df_r + L db_r``.
 
-The link and link_step loops (forward and backward of one batch row) are C,
-in ``linkage_simd.h``: one row of the link matrix at a time, one vector of
+The link, link_step and temporal_weights loops (forward and backward of one
+batch row) are C, in ``linkage_simd.h``: one row of the link matrix at a time
+(temporal_weights: of its input L, read once per four heads), one vector of
 columns per step (16 bytes in the baseline version, 32 with AVX2), read heads
 four per pass, row reductions in vector accumulators summed in a fixed lane
 order.  They are compiled twice on x86 (the build's baseline ISA, and AVX2 +
 FMA through a function attribute) and the AVX2/FMA version runs when the CPU
 has it (:func:`simd_level`); no ``-march`` flag is needed.  Outputs of at
 least 32 MiB are written with non-temporal stores (unless in place).
-``precedence``, ``temporal_weights`` and the read weighting stay in Cython
-below: every helper is one simple loop over a row, a reduction is a dot
-product with eight accumulators in a fixed order, read heads four per pass.
+``precedence`` and the read weighting stay in Cython below: every helper is
+one simple loop over a row, a reduction is a dot product with eight
+accumulators in a fixed order.
 
 For the DNC's backpropagation through time (``dmem/_dnc_bptt.py``), which
 calls these functions directly on arrays it allocated:
@@ -57,11 +58,12 @@ calls these functions directly on arrays it allocated:
   ``w_r = π_b b_r + π_c c_r + π_f f_r`` and its gradient, in one call.
 """
 
-from libc.stdlib cimport free, malloc
 from cython cimport floating
 from cython.parallel cimport prange
 from dmem._kernels.linkage_simd cimport (
     dmem_link_forward_d, dmem_link_forward_f, dmem_link_backward_d, dmem_link_backward_f,
+    dmem_temporal_forward_d, dmem_temporal_forward_f, dmem_temporal_backward_d,
+    dmem_temporal_backward_f,
     dmem_linkage_simd_supported, dmem_linkage_set_simd, dmem_linkage_get_simd)
 
 
@@ -125,88 +127,6 @@ cdef inline floating _sum(const floating* x, Py_ssize_t n) noexcept nogil:
     return s
 
 
-cdef inline void _fill(floating* x, floating value, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        x[j] = value
-
-
-cdef inline void _copy(floating* y, const floating* x, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        y[j] = x[j]
-
-
-cdef inline floating _coef(const floating* coef, Py_ssize_t r, Py_ssize_t n,
-                           Py_ssize_t nr) noexcept nogil:
-    """coef[r n] for a real head r < nr, 0 for the padding heads of the last group of four."""
-    if r < nr:
-        return coef[r * n]
-    return 0
-
-
-cdef inline Py_ssize_t _padded(Py_ssize_t nr) noexcept nogil:
-    """nr rounded up to a multiple of four: heads are processed four at a time."""
-    return (nr + 3) // 4 * 4
-
-
-cdef inline void _axpy4(floating* y, Py_ssize_t stride, floating a0, floating a1, floating a2,
-                        floating a3, const floating* x, Py_ssize_t n) noexcept nogil:
-    """y[k] += a_k x for the four rows y[k] = y + k stride."""
-    cdef Py_ssize_t j
-    for j in range(n):
-        y[j] = y[j] + a0 * x[j]
-        y[stride + j] = y[stride + j] + a1 * x[j]
-        y[2 * stride + j] = y[2 * stride + j] + a2 * x[j]
-        y[3 * stride + j] = y[3 * stride + j] + a3 * x[j]
-
-
-cdef inline void _axpy_heads(floating* y, const floating* coef, const floating* x,
-                             Py_ssize_t n, Py_ssize_t first, Py_ssize_t nr) noexcept nogil:
-    """y_r += coef[r n] x for the heads first <= r < nr, four per pass (y_r = y + r n;
-    y has rows up to the padded head count)."""
-    cdef Py_ssize_t r = first
-    while r < nr:
-        _axpy4(y + r * n, n, _coef(coef, r, n, nr), _coef(coef, r + 1, n, nr),
-               _coef(coef, r + 2, n, nr), _coef(coef, r + 3, n, nr), x, n)
-        r = r + 4
-
-
-cdef inline void _cotangent4(floating* g, const floating* src, const floating* wr,
-                             const floating* db, Py_ssize_t stride, floating a0, floating a1,
-                             floating a2, floating a3, floating c0, floating c1, floating c2,
-                             floating c3, Py_ssize_t n) noexcept nogil:
-    """g = src + Σ_{k<4} (a_k wr[k] + c_k db[k]) for four heads (rows k stride apart)."""
-    cdef Py_ssize_t j
-    for j in range(n):
-        g[j] = src[j] + (((a0 * wr[j] + c0 * db[j])
-                          + (a1 * wr[stride + j] + c1 * db[stride + j]))
-                         + ((a2 * wr[2 * stride + j] + c2 * db[2 * stride + j])
-                            + (a3 * wr[3 * stride + j] + c3 * db[3 * stride + j])))
-
-
-cdef inline void _cotangent_heads(floating* g, const floating* src, Py_ssize_t i,
-                                  const floating* wrh, const floating* dbh, const floating* wr,
-                                  const floating* df, Py_ssize_t n, Py_ssize_t first,
-                                  Py_ssize_t nr) noexcept nogil:
-    """g = src + Σ_{first <= r < nr} (df_r,i w_r + w_r,i db_r), four heads per pass.
-
-    wrh and dbh are copies of w_r and db_r, padded with zero rows to a multiple
-    of four heads; the coefficients come from wr and df.  src may be g itself
-    only when first + 4 < nr (later passes add into g).
-    """
-    cdef Py_ssize_t r = first
-    cdef const floating* s = src
-    while r < nr:
-        _cotangent4(g, s, wrh + r * n, dbh + r * n, n,
-                    _coef(df + i, r, n, nr), _coef(df + i, r + 1, n, nr),
-                    _coef(df + i, r + 2, n, nr), _coef(df + i, r + 3, n, nr),
-                    _coef(wr + i, r, n, nr), _coef(wr + i, r + 1, n, nr),
-                    _coef(wr + i, r + 2, n, nr), _coef(wr + i, r + 3, n, nr), n)
-        s = g
-        r = r + 4
-
-
 # ----------------------------------------------------------------------------
 # One batch row
 # ----------------------------------------------------------------------------
@@ -255,23 +175,6 @@ cdef inline int _link_step_batch(const floating* lp, const floating* pp, const f
     return status
 
 
-cdef int _temporal_batch(const floating* L, const floating* wr, floating* f, floating* bw,
-                         Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
-    """Temporal weights of one batch row.  Returns -1 when out of memory, else 0."""
-    cdef floating* bw_acc = <floating*> malloc(_padded(nr) * n * sizeof(floating))
-    cdef Py_ssize_t i, r
-    if bw_acc == NULL:
-        return -1
-    _fill(bw_acc, 0, _padded(nr) * n)
-    for i in range(n):
-        _axpy_heads(bw_acc, wr + i, L + i * n, n, 0, nr)
-        for r in range(nr):
-            f[r * n + i] = _dot(L + i * n, wr + r * n, n)
-    _copy(bw, bw_acc, nr * n)
-    free(bw_acc)
-    return 0
-
-
 cdef inline int _link_step_backward_batch(const floating* lp, const floating* pp,
                                           const floating* w, const floating* wr,
                                           const floating* dL, const floating* dp,
@@ -292,51 +195,6 @@ cdef inline int _link_step_backward_batch(const floating* lp, const floating* pp
     if with_precedence:
         _precedence_backward_batch(pp, w, dp, dpp, dw, n, True)
     return status
-
-
-cdef int _temporal_backward_batch(const floating* L, const floating* wr, const floating* df,
-                                  const floating* db, floating* dL, floating* dwr,
-                                  Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
-    """dL_ij = Σ_r (df_r,i w_r,j + w_r,i db_r,j);  dw_r = Lᵀ df_r + L db_r.
-
-    Returns -1 when scratch memory cannot be allocated, else 0.
-    """
-    cdef Py_ssize_t nr4 = _padded(nr)
-    cdef floating* zero = <floating*> malloc(n * sizeof(floating))
-    cdef floating* g = <floating*> malloc(n * sizeof(floating))
-    cdef floating* dwr_col = <floating*> malloc(nr4 * n * sizeof(floating))
-    cdef floating* wrh = <floating*> malloc(nr4 * n * sizeof(floating))
-    cdef floating* dbh = <floating*> malloc(nr4 * n * sizeof(floating))
-    cdef const floating* li
-    cdef Py_ssize_t i, j, r
-    if zero == NULL or g == NULL or dwr_col == NULL or wrh == NULL or dbh == NULL:
-        free(zero)
-        free(g)
-        free(dwr_col)
-        free(wrh)
-        free(dbh)
-        return -1
-    _fill(zero, 0, n)
-    _fill(dwr_col, 0, nr4 * n)
-    _copy(wrh, wr, nr * n)
-    _copy(dbh, db, nr * n)
-    _fill(wrh + nr * n, 0, (nr4 - nr) * n)
-    _fill(dbh + nr * n, 0, (nr4 - nr) * n)
-    for i in range(n):
-        li = L + i * n
-        _cotangent_heads(g, zero, i, wrh, dbh, wr, df, n, 0, nr)
-        _copy(dL + i * n, g, n)
-        _axpy_heads(dwr_col, df + i, li, n, 0, nr)
-        for r in range(nr):
-            dwr[r * n + i] = _dot(li, db + r * n, n)
-    for j in range(nr * n):
-        dwr[j] = dwr[j] + dwr_col[j]
-    free(zero)
-    free(g)
-    free(dwr_col)
-    free(wrh)
-    free(dbh)
-    return 0
 
 
 # ----------------------------------------------------------------------------
@@ -428,8 +286,14 @@ def temporal_weights_forward(const floating[:, :, ::1] link,
     cdef Py_ssize_t B = link.shape[0], N = link.shape[1], R = read_weights_prev.shape[1], b
     cdef int[::1] status = _zeros_int(B)
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        status[b] = _temporal_batch(&link[b, 0, 0], &read_weights_prev[b, 0, 0],
-                                    &forward_weights[b, 0, 0], &backward_weights[b, 0, 0], N, R)
+        if floating is double:
+            status[b] = dmem_temporal_forward_d(&link[b, 0, 0], &read_weights_prev[b, 0, 0],
+                                                &forward_weights[b, 0, 0],
+                                                &backward_weights[b, 0, 0], N, R)
+        else:
+            status[b] = dmem_temporal_forward_f(&link[b, 0, 0], &read_weights_prev[b, 0, 0],
+                                                &forward_weights[b, 0, 0],
+                                                &backward_weights[b, 0, 0], N, R)
     _check_status(status)
 
 
@@ -441,12 +305,19 @@ def temporal_weights_backward(const floating[:, :, ::1] link,
                               floating[:, :, ::1] grad_read_weights_prev, int num_threads=1):
     """Gradients of ``temporal_weights`` w.r.t. ``link`` and ``read_weights_prev``."""
     cdef Py_ssize_t B = link.shape[0], N = link.shape[1], R = read_weights_prev.shape[1], b
+    cdef int nt = _stream(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
-        status[b] = _temporal_backward_batch(&link[b, 0, 0], &read_weights_prev[b, 0, 0],
-                                             &grad_forward[b, 0, 0], &grad_backward[b, 0, 0],
-                                             &grad_link[b, 0, 0],
-                                             &grad_read_weights_prev[b, 0, 0], N, R)
+        if floating is double:
+            status[b] = dmem_temporal_backward_d(&link[b, 0, 0], &read_weights_prev[b, 0, 0],
+                                                 &grad_forward[b, 0, 0], &grad_backward[b, 0, 0],
+                                                 &grad_link[b, 0, 0],
+                                                 &grad_read_weights_prev[b, 0, 0], N, R, nt)
+        else:
+            status[b] = dmem_temporal_backward_f(&link[b, 0, 0], &read_weights_prev[b, 0, 0],
+                                                 &grad_forward[b, 0, 0], &grad_backward[b, 0, 0],
+                                                 &grad_link[b, 0, 0],
+                                                 &grad_read_weights_prev[b, 0, 0], N, R, nt)
     _check_status(status)
 
 

@@ -1,6 +1,6 @@
 /*
- * dmem: the hot loops of the DNC temporal link (link_step forward and backward,
- * one batch row at a time), used by dmem/_kernels/linkage.pyx.
+ * dmem: the hot loops of the DNC temporal link (link_step and temporal_weights
+ * forward and backward, one batch row at a time), used by dmem/_kernels/linkage.pyx.
  *
  * Equations (DNC Methods; docs in linkage.pyx):
  *
@@ -12,6 +12,10 @@
  *     dw_i  = sum_j G_ij (p_j - Lp_ij) - sum_k G_ki Lp_ki
  *     dp_j  = sum_i G_ij w_i
  *     dwr_r = L^T df_r + L db_r
+ *
+ * temporal_weights alone takes L as given (any values, diagonal included):
+ * the same f, b and dwr, and dL_ij = sum_r (df_r,i wr_r,j + wr_r,i db_r,j)
+ * for every i, j (no diagonal zeroing).
  *
  * How: one row i of the link matrix at a time, in chunks of one vector
  * along j (16 bytes in the baseline version, 32 in the AVX2 one), with
@@ -50,10 +54,12 @@
 #define DMEM_LINK_VECTORS 1
 #define DMEM_RESTRICT __restrict__
 #define DMEM_INLINE static inline __attribute__((always_inline))
+#define DMEM_MAYBE_UNUSED __attribute__((unused))
 #else
 #define DMEM_LINK_VECTORS 0
 #define DMEM_RESTRICT
 #define DMEM_INLINE static inline
+#define DMEM_MAYBE_UNUSED
 #endif
 
 #if DMEM_LINK_VECTORS && (defined(__x86_64__) || defined(__i386__)) && !defined(DMEM_NO_SIMD_DISPATCH)
@@ -259,6 +265,44 @@ static int dmem_link_backward_f(const float *lp, const float *pp, const float *w
                                 float *dwr, Py_ssize_t n, Py_ssize_t nr, int nt)
 {
     return DMEM_DISPATCH(link_backward, f, (lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt));
+}
+
+/* (The temporal_weights wrappers are marked unused: dnc_step includes this
+ * header for the link loops only.)
+ *
+ * temporal_weights forward of one batch row: f = L wr, bw = L^T wr (nr x n)
+ * for any L (n x n).  Returns -1 when out of memory, else 0. */
+static DMEM_MAYBE_UNUSED int dmem_temporal_forward_d(const double *L, const double *wr,
+                                                     double *f, double *bw, Py_ssize_t n,
+                                                     Py_ssize_t nr)
+{
+    return DMEM_DISPATCH(temporal_forward, d, (L, wr, f, bw, n, nr));
+}
+
+static DMEM_MAYBE_UNUSED int dmem_temporal_forward_f(const float *L, const float *wr, float *f,
+                                                     float *bw, Py_ssize_t n, Py_ssize_t nr)
+{
+    return DMEM_DISPATCH(temporal_forward, f, (L, wr, f, bw, n, nr));
+}
+
+/* temporal_weights backward of one batch row: dL (n x n, no diagonal zeroing)
+ * and dwr (nr x n) from the cotangents df, db of f and bw.  No output may
+ * overlap an input.  nt: store dL with non-temporal stores.  Returns -1 when
+ * out of memory, else 0. */
+static DMEM_MAYBE_UNUSED int dmem_temporal_backward_d(const double *L, const double *wr,
+                                                      const double *df, const double *db,
+                                                      double *dL, double *dwr, Py_ssize_t n,
+                                                      Py_ssize_t nr, int nt)
+{
+    return DMEM_DISPATCH(temporal_backward, d, (L, wr, df, db, dL, dwr, n, nr, nt));
+}
+
+static DMEM_MAYBE_UNUSED int dmem_temporal_backward_f(const float *L, const float *wr,
+                                                      const float *df, const float *db,
+                                                      float *dL, float *dwr, Py_ssize_t n,
+                                                      Py_ssize_t nr, int nt)
+{
+    return DMEM_DISPATCH(temporal_backward, f, (L, wr, df, db, dL, dwr, n, nr, nt));
 }
 
 #endif /* DMEM_LINKAGE_SIMD_H */

@@ -17,6 +17,16 @@ cdef extern from "linkage_simd.h" nogil:
                              const float* wr, const float* dL, const float* df,
                              const float* db, float* dlp, float* dw, float* dpp,
                              float* dwr, Py_ssize_t n, Py_ssize_t nr, int nt)
+    int dmem_temporal_forward_d(const double* L, const double* wr, double* f, double* bw,
+                                Py_ssize_t n, Py_ssize_t nr)
+    int dmem_temporal_forward_f(const float* L, const float* wr, float* f, float* bw,
+                                Py_ssize_t n, Py_ssize_t nr)
+    int dmem_temporal_backward_d(const double* L, const double* wr, const double* df,
+                                 const double* db, double* dL, double* dwr, Py_ssize_t n,
+                                 Py_ssize_t nr, int nt)
+    int dmem_temporal_backward_f(const float* L, const float* wr, const float* df,
+                                 const float* db, float* dL, float* dwr, Py_ssize_t n,
+                                 Py_ssize_t nr, int nt)
     int dmem_linkage_simd_supported()
     int dmem_linkage_set_simd(int level)
     int dmem_linkage_get_simd()

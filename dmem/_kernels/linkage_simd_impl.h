@@ -441,6 +441,165 @@ static DMEM_ATTR int FN(link_backward)(const T_ *lp, const T_ *DMEM_RESTRICT pp,
     return 0;
 }
 
+/* ---------------------------------------------------------------- temporal weights */
+
+/*
+ * temporal_weights forward of one batch row: f_r = L wr_r, bw_r = L^T wr_r for
+ * an arbitrary L (n x n; no diagonal zeroing).  The link forward's row loop
+ * with first = 0: row i of L is loaded once per group of four heads (read
+ * only), its dots with wr_k are f_k,i and its multiples wr_k,i L[i] are summed
+ * into the padded scratch rows bacc_k.
+ */
+static DMEM_ATTR int FN(temporal_forward)(const T_ *L, const T_ *DMEM_RESTRICT wr,
+                                          T_ *DMEM_RESTRICT f, T_ *DMEM_RESTRICT bw,
+                                          Py_ssize_t n, Py_ssize_t nr)
+{
+    Py_ssize_t np_ = FN(stride)(n), nfull = n / V_ * V_, rem = n - nfull;
+    Py_ssize_t ng = (nr + 3) / 4, nr4 = 4 * ng;
+    Py_ssize_t i, j, r, g, k;
+    T_ *wrpad, *bacc;
+    VT_ cs[4], acc[4];
+    void *scratch = malloc(sizeof(T_) * (size_t)(2 * nr4 * np_) + 64);
+
+    if (scratch == NULL)
+        return -1;
+    wrpad = FN(aligned)(scratch);
+    bacc = wrpad + nr4 * np_;
+    for (r = 0; r < nr4; r++) {
+        FN(pad)(wrpad + r * np_, r < nr ? wr + r * n : wr, r < nr ? n : 0, np_);
+        FN(pad)(bacc + r * np_, wr, 0, np_);
+    }
+    for (i = 0; i < n; i++) {
+        /* first = 0: fwd_row only loads from the row, never stores into it */
+        T_ *Li = (T_ *)(L + i * n);
+        for (g = 0; g < ng; g++) {
+            for (k = 0; k < 4; k++) {
+                r = 4 * g + k;
+                cs[k] = FN(splat)(r < nr ? wr[r * n + i] : (T_)0);
+                acc[k] = FN(splat)(0);
+            }
+            FN(fwd_row)(NULL, NULL, NULL, Li, wrpad + 4 * g * np_, bacc + 4 * g * np_, np_, 0,
+                        0, cs, acc, 1, 0, nfull, -1, nfull, rem, 0);
+            for (k = 0; k < 4 && 4 * g + k < nr; k++)
+                f[(4 * g + k) * n + i] = FN(hsum)(acc[k]);
+        }
+    }
+    for (r = 0; r < nr; r++)
+        for (j = 0; j < n; j++)
+            bw[r * n + j] = bacc[r * np_ + j];
+    free(scratch);
+    return 0;
+}
+
+/*
+ * One chunk (lanes j .. j+m-1) of row i of the temporal_weights backward, for
+ * one group of four heads: x = L[i] chunk; the column part of dwr,
+ * dwrg_k += a_k x (a_k = df_k,i); the row dots accr[k] += x db_k; and the
+ * cotangent g = src + sum_k (a_k wr_k + c_k db_k) (c_k = wr_k,i), stored in
+ * dst (with store_out when final, else a plain store into a scratch row).
+ */
+DMEM_INLINE DMEM_ATTR void FN(tbwd_chunk)(
+    const T_ *DMEM_RESTRICT Li, const T_ *src, T_ *dst, const T_ *DMEM_RESTRICT wrg,
+    const T_ *DMEM_RESTRICT dbg, T_ *DMEM_RESTRICT dwrg, Py_ssize_t np_, Py_ssize_t j,
+    const VT_ *as, const VT_ *cs, VT_ *accr, int final, Py_ssize_t m, int nt)
+{
+    VT_ x = FN(load)(Li + j, m);
+    VT_ d0 = LD_(dbg + j), d1 = LD_(dbg + np_ + j), d2 = LD_(dbg + 2 * np_ + j),
+        d3 = LD_(dbg + 3 * np_ + j);
+    VT_ g = FN(load)(src + j, m);
+    ST_(dwrg + j, LD_(dwrg + j) + as[0] * x);
+    ST_(dwrg + np_ + j, LD_(dwrg + np_ + j) + as[1] * x);
+    ST_(dwrg + 2 * np_ + j, LD_(dwrg + 2 * np_ + j) + as[2] * x);
+    ST_(dwrg + 3 * np_ + j, LD_(dwrg + 3 * np_ + j) + as[3] * x);
+    accr[0] += x * d0;
+    accr[1] += x * d1;
+    accr[2] += x * d2;
+    accr[3] += x * d3;
+    g = g + (((as[0] * LD_(wrg + j) + cs[0] * d0) + (as[1] * LD_(wrg + np_ + j) + cs[1] * d1))
+             + ((as[2] * LD_(wrg + 2 * np_ + j) + cs[2] * d2)
+                + (as[3] * LD_(wrg + 3 * np_ + j) + cs[3] * d3)));
+    if (final)
+        FN(store_out)(dst + j, g, m, nt);
+    else
+        ST_(dst + j, g);
+}
+
+/*
+ * temporal_weights backward of one batch row:
+ *
+ *     dL_ij  = sum_r (df_r,i wr_r,j + wr_r,i db_r,j)
+ *     dwr_r  = L^T df_r + L db_r
+ *
+ * Row i of L is read once per group of four heads.  As in the link backward,
+ * the groups after the first run first and carry the partial cotangent row in
+ * the scratch row grow (padded: full-vector stores); the first group finishes
+ * it into dL[i] (non-temporal stores with nt).
+ */
+static DMEM_ATTR int FN(temporal_backward)(const T_ *DMEM_RESTRICT L,
+                                           const T_ *DMEM_RESTRICT wr,
+                                           const T_ *DMEM_RESTRICT df,
+                                           const T_ *DMEM_RESTRICT db, T_ *DMEM_RESTRICT dL,
+                                           T_ *DMEM_RESTRICT dwr, Py_ssize_t n, Py_ssize_t nr,
+                                           int nt)
+{
+    Py_ssize_t np_ = FN(stride)(n), nfull = n / V_ * V_, rem = n - nfull;
+    Py_ssize_t ng = (nr + 3) / 4, nr4 = 4 * ng;
+    Py_ssize_t i, j, r, g, k;
+    T_ *zrow, *grow, *wrpad, *dbpad, *dwrcol;
+    VT_ as[4], cs[4], accr[4];
+    void *scratch = malloc(sizeof(T_) * (size_t)((2 + 3 * nr4) * np_) + 64);
+
+    if (scratch == NULL)
+        return -1;
+    zrow = FN(aligned)(scratch);
+    grow = zrow + np_;
+    wrpad = grow + np_;
+    dbpad = wrpad + nr4 * np_;
+    dwrcol = dbpad + nr4 * np_;
+    FN(pad)(zrow, wr, 0, np_);
+    FN(pad)(grow, wr, 0, np_);
+    for (r = 0; r < nr4; r++) {
+        FN(pad)(wrpad + r * np_, r < nr ? wr + r * n : wr, r < nr ? n : 0, np_);
+        FN(pad)(dbpad + r * np_, r < nr ? db + r * n : db, r < nr ? n : 0, np_);
+        FN(pad)(dwrcol + r * np_, wr, 0, np_);
+    }
+    for (i = 0; i < n; i++) {
+        const T_ *Li = L + i * n;
+        const T_ *src = zrow;
+        T_ *dLi = dL + i * n;
+        for (g = ng - 1; g >= 0; g--) {
+            const T_ *wrg = wrpad + 4 * g * np_, *dbg = dbpad + 4 * g * np_;
+            T_ *dwrg = dwrcol + 4 * g * np_;
+            int final = g == 0;
+            T_ *dst = final ? dLi : grow;
+            for (k = 0; k < 4; k++) {
+                r = 4 * g + k;
+                as[k] = FN(splat)(r < nr ? df[r * n + i] : (T_)0);
+                cs[k] = FN(splat)(r < nr ? wr[r * n + i] : (T_)0);
+                accr[k] = FN(splat)(0);
+            }
+            for (j = 0; j < nfull; j += V_)
+                FN(tbwd_chunk)(Li, src, dst, wrg, dbg, dwrg, np_, j, as, cs, accr, final, V_,
+                               nt);
+            if (rem)
+                FN(tbwd_chunk)(Li, src, dst, wrg, dbg, dwrg, np_, nfull, as, cs, accr, final, rem,
+                               nt);
+            for (k = 0; k < 4 && 4 * g + k < nr; k++)
+                dwr[(4 * g + k) * n + i] = FN(hsum)(accr[k]);
+            src = grow;
+        }
+    }
+    for (r = 0; r < nr; r++)
+        for (j = 0; j < n; j++)
+            dwr[r * n + j] = dwr[r * n + j] + dwrcol[r * np_ + j];
+    free(scratch);
+#if DMEM_LINK_STREAM
+    if (nt)
+        _mm_sfence();
+#endif
+    return 0;
+}
+
 #undef T_
 #undef V_
 #undef VT_

@@ -569,6 +569,84 @@ def test_simd_level_is_reported():
     assert kernels._set_simd(level != "baseline") == level
 
 
+# ---------------------------------------------------------------- temporal_weights row loops:
+# any N (also shorter than, or not a multiple of, a vector), any R (groups of four
+# heads and a remainder), an arbitrary L (its diagonal is not zeroed)
+
+ODD_N = [1, 3, 7, 13]
+
+
+@pytest.mark.parametrize("N", ODD_N)
+@pytest.mark.parametrize("R", range(1, 10))
+@pytest.mark.parametrize("valid", [True, False])
+def test_temporal_weights_any_rows_and_heads_match_reference(N, R, valid):
+    rng = np.random.default_rng(100 * N + R)
+    assert_matches_reference("temporal_weights",
+                             make_inputs("temporal_weights", rng, B=3, N=N, R=R, valid=valid), rng)
+
+
+@pytest.mark.parametrize("N", ODD_N)
+@pytest.mark.parametrize("R", [1, 3, 4, 5, 8, 9])
+def test_temporal_weights_float32_any_rows_and_heads_match_float64_reference(N, R):
+    rng = np.random.default_rng(200 * N + R)
+    inputs = make_inputs("temporal_weights", rng, B=3, N=N, R=R, dtype=np.float32, valid=False)
+    cots = [c.astype(np.float32) for c in cotangents("temporal_weights", rng, inputs)]
+    out, grads = run_compiled("temporal_weights", inputs, cots)
+    assert all(a.dtype == np.float32 for a in out + tuple(grads))
+    ref_out, ref_grads = run_reference("temporal_weights",
+                                       [x.astype(np.float64) for x in inputs],
+                                       [c.astype(np.float64) for c in cots])
+    for got, want in zip(out + tuple(grads), ref_out + tuple(ref_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(np.max(np.abs(want)), 1.0))
+
+
+def raw_temporal_weights(inputs, cots, num_threads):
+    """The kernels' forward and backward outputs, on ``num_threads`` threads."""
+    L, wr = inputs
+    f, bw, dwr = (np.full(wr.shape, np.nan, wr.dtype) for _ in range(3))
+    dL = np.full(L.shape, np.nan, L.dtype)
+    kernels.temporal_weights_forward(L, wr, f, bw, num_threads=num_threads)
+    kernels.temporal_weights_backward(L, wr, *cots, dL, dwr, num_threads=num_threads)
+    return [f, bw, dL, dwr]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N,R", [(1, 1), (3, 9), (13, 5), (37, 3), (40, 8)])
+def test_temporal_weights_one_and_two_threads_are_bitwise_identical(dtype, N, R):
+    rng = np.random.default_rng(300 + N + R)
+    inputs = make_inputs("temporal_weights", rng, B=5, N=N, R=R, dtype=dtype, valid=False)
+    cots = [c.astype(dtype) for c in cotangents("temporal_weights", rng, inputs)]
+    one = raw_temporal_weights(inputs, cots, 1)
+    two = raw_temporal_weights(inputs, cots, 2)
+    for a, b in zip(one, two):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype,rtol,floor",
+                         [(np.float64, 1e-12, 1e-15), (np.float32, 1e-5, 1e-6)])
+@pytest.mark.parametrize("N,R", [(1, 2), (7, 9), (13, 4), (130, 5)])
+def test_temporal_weights_baseline_and_avx2_agree_to_rounding(dtype, rtol, floor, N, R):
+    """The two versions differ only in rounding (FMA, lane order of the reductions):
+    relative ``rtol``, with an absolute floor of ``floor`` × the largest entry for the
+    sums of terms of both signs (float32: a few units in the last place of that entry)."""
+    previous = kernels.simd_level()
+    if kernels._set_simd(True) != "avx2+fma":
+        kernels._set_simd(previous != "baseline")
+        pytest.skip("this CPU cannot run the avx2+fma loops")
+    rng = np.random.default_rng(400 + N + R)
+    inputs = make_inputs("temporal_weights", rng, B=3, N=N, R=R, dtype=dtype, valid=False)
+    cots = [c.astype(dtype) for c in cotangents("temporal_weights", rng, inputs)]
+    try:
+        avx2 = raw_temporal_weights(inputs, cots, 2)
+        assert kernels._set_simd(False) == "baseline"
+        base = raw_temporal_weights(inputs, cots, 2)
+    finally:
+        kernels._set_simd(previous != "baseline")
+    for a, b in zip(avx2, base):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=floor * np.max(np.abs(b)))
+
+
 # ---------------------------------------------------------------- read weighting kernel
 
 def reference_read_weights(modes, backward, content, forward):
