@@ -236,7 +236,7 @@ class _Sequence:
         zh[0, :, I:] = 0
         for name in ("cell", "usage", "write_weights", "precedence", "memory"):
             buf[name][0] = 0
-        self.steps.use_simd(_linkage.simd_level() != "baseline")
+        self.steps.use_simd(_linkage.SIMD_LEVELS.index(_linkage.simd_level()))
         self._set_threads()
 
     # -- forward ---------------------------------------------------------------------

@@ -68,7 +68,7 @@ from dmem._kernels.linkage_simd cimport (
     dmem_linkage_simd_supported, dmem_linkage_set_simd, dmem_linkage_get_simd)
 
 
-dmem_linkage_set_simd(1)
+dmem_linkage_set_simd(2)  # the widest this CPU has
 
 STREAM_MIN_BYTES = 32 * 1024 * 1024
 """Stored link matrices taking at least this many bytes in all (``(T − 2)·B·N²``
@@ -791,9 +791,10 @@ cdef class DNCSequence:
         p.dwork = <double*>_address(dwork)
         p.iwork = <int64_t*>_address(iwork)
 
-    def use_simd(self, bint enabled):
-        """Use the AVX2/FMA link loops (when the CPU has them) or the baseline ones."""
-        self.simd = dmem_linkage_simd_supported() if enabled else 0
+    def use_simd(self, int level):
+        """The instruction set of the link loops: 0 baseline, 1 AVX2/FMA, 2 AVX-512
+        (a level this CPU lacks gives the best below it)."""
+        self.simd = min(max(level, 0), dmem_linkage_simd_supported())
 
     cdef int _go(self, int what, Py_ssize_t t, Py_ssize_t t2, int num_threads) except -1:
         cdef int failed

@@ -34,11 +34,12 @@ Backward of the precedence: ``dp_prev = (1 − Σw) dp``,
 The link, link_step and temporal_weights loops (forward and backward of one
 batch row) are C, in ``linkage_simd.h``: one row of the link matrix at a time
 (temporal_weights: of its input L, read once per four heads), one vector of
-columns per step (16 bytes in the baseline version, 32 with AVX2), read heads
-four per pass, row reductions in vector accumulators summed in a fixed lane
-order.  They are compiled twice on x86 (the build's baseline ISA, and AVX2 +
-FMA through a function attribute) and the AVX2/FMA version runs when the CPU
-has it (:func:`simd_level`); no ``-march`` flag is needed.  Outputs of at
+columns per step (16 bytes in the baseline version, 32 with AVX2, 64 with
+AVX-512), read heads four per pass, row reductions in vector accumulators
+summed in a fixed lane order.  They are compiled three times on x86 (the
+build's baseline ISA, AVX2 + FMA and AVX-512 through function attributes) and
+the widest version the CPU has runs (:func:`simd_level`); no ``-march`` flag
+is needed.  Outputs of at
 least 32 MiB are written with non-temporal stores (unless in place).
 ``precedence`` and the read weighting stay in Cython below: every helper is
 one simple loop over a row, a reduction is a dot product with eight
@@ -67,7 +68,7 @@ from dmem._kernels.linkage_simd cimport (
     dmem_linkage_simd_supported, dmem_linkage_set_simd, dmem_linkage_get_simd)
 
 
-dmem_linkage_set_simd(1)
+dmem_linkage_set_simd(2)  # the widest this CPU has
 
 # Link outputs of at least this many bytes (all batch rows) are written with
 # non-temporal stores, unless in place: they cannot stay in cache until they are
@@ -81,16 +82,30 @@ cdef inline int _stream(Py_ssize_t B, Py_ssize_t N, Py_ssize_t itemsize) noexcep
     return 1 if B * N * N * itemsize >= STREAM_MIN_BYTES else 0
 
 
+# Names of the instruction sets of the link loops, by level.
+SIMD_LEVELS = ("baseline", "avx2+fma", "avx512")
+
+
 def simd_level():
-    """The instruction set of the link and link_step loops: ``"avx2+fma"`` or
+    """The instruction set of the link, link_step and temporal_weights loops:
+    ``"avx512"`` (AVX-512 F/VL/DQ with AVX2 and FMA), ``"avx2+fma"`` or
     ``"baseline"`` (the build's own, e.g. SSE2 on x86-64, NEON on aarch64)."""
-    return "avx2+fma" if dmem_linkage_get_simd() else "baseline"
+    return SIMD_LEVELS[dmem_linkage_get_simd()]
 
 
-def _set_simd(bint enabled):
-    """Use the AVX2/FMA loops when ``enabled`` and the CPU has them, else the
-    baseline ones (for tests).  Returns :func:`simd_level`."""
-    dmem_linkage_set_simd(1 if enabled else 0)
+def simd_levels_supported():
+    """The levels :func:`_set_simd` can select on this CPU, baseline first."""
+    return SIMD_LEVELS[:dmem_linkage_simd_supported() + 1]
+
+
+def _set_simd(level):
+    """Select the loops (for tests and benchmarks): ``True`` for the best this CPU
+    has, ``False`` for the baseline ones, or a name from :data:`SIMD_LEVELS` (a
+    level the CPU lacks gives the best below it).  Returns :func:`simd_level`."""
+    if level is True or level is False:
+        dmem_linkage_set_simd(2 if level else 0)
+    else:
+        dmem_linkage_set_simd(SIMD_LEVELS.index(level))
     return simd_level()
 
 

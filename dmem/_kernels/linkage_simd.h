@@ -18,8 +18,8 @@
  * for every i, j (no diagonal zeroing).
  *
  * How: one row i of the link matrix at a time, in chunks of one vector
- * along j (16 bytes in the baseline version, 32 in the AVX2 one), with
- * GCC/clang vector extensions.  Per-j vectors (w, p, the read weightings, db) are copied once
+ * along j (16 bytes in the baseline version, 32 in the AVX2 one, 64 in the
+ * AVX-512 one), with GCC/clang vector extensions.  Per-j vectors (w, p, the read weightings, db) are copied once
  * per batch row into zero-padded scratch rows whose length is a multiple of
  * the vector width, so that only the rows of the link matrices need a partial
  * last chunk.  Read heads are handled four per pass (zero heads pad the last
@@ -29,13 +29,14 @@
  * results do not depend on the thread count (a batch row is one thread's work).
  * The diagonal entry is zeroed in its chunk (one lane), never corrected after.
  *
- * Runtime dispatch: on x86 with GCC or clang every function is compiled twice,
- * for the baseline ISA of the build (SSE2 on x86-64) and with
- * __attribute__((target("avx2,fma"))); dmem_linkage_simd_init() picks the
- * AVX2/FMA version when the CPU (and OS) support it.  No -march flag is needed
- * and the extension runs on any x86-64.  The two versions round differently
- * (FMA), each deterministically.  Elsewhere (aarch64: NEON) one version, for
- * the baseline ISA.  Compilers without vector extensions get scalar loops.
+ * Runtime dispatch: on x86 with GCC or clang every function is compiled three
+ * times, for the baseline ISA of the build (SSE2 on x86-64), with
+ * __attribute__((target("avx2,fma"))) and with AVX-512 F/VL/DQ;
+ * dmem_linkage_set_simd() picks the widest the CPU (and OS) support, or a
+ * lower level asked for.  No -march flag is needed and the extension runs on
+ * any x86-64.  The versions round differently (FMA, lanes of the reductions),
+ * each deterministically.  Elsewhere (aarch64: NEON) one version, for the
+ * baseline ISA.  Compilers without vector extensions get scalar loops.
  *
  * In place: the forward may write L over Lp, and the backward dLp over dL (the
  * same array, row for row): each chunk of the input row is read before the same
@@ -77,16 +78,24 @@
 #endif
 
 #if DMEM_LINK_VECTORS
-/* 16-byte vectors for the baseline ISA (SSE2, NEON), 32-byte ones for AVX2. */
+/* 16-byte vectors for the baseline ISA (SSE2, NEON), 32-byte ones for AVX2,
+ * 64-byte ones for AVX-512. */
 typedef double dmem_vd2 __attribute__((vector_size(16)));
 typedef double dmem_vd2_u __attribute__((vector_size(16), aligned(sizeof(double)), may_alias));
 typedef double dmem_vd4 __attribute__((vector_size(32)));
 typedef double dmem_vd4_u __attribute__((vector_size(32), aligned(sizeof(double)), may_alias));
+typedef double dmem_vd8 __attribute__((vector_size(64)));
+typedef double dmem_vd8_u __attribute__((vector_size(64), aligned(sizeof(double)), may_alias));
 typedef float dmem_vf4 __attribute__((vector_size(16)));
 typedef float dmem_vf4_u __attribute__((vector_size(16), aligned(sizeof(float)), may_alias));
 typedef float dmem_vf8 __attribute__((vector_size(32)));
 typedef float dmem_vf8_u __attribute__((vector_size(32), aligned(sizeof(float)), may_alias));
+typedef float dmem_vf16 __attribute__((vector_size(64)));
+typedef float dmem_vf16_u __attribute__((vector_size(64), aligned(sizeof(float)), may_alias));
 #endif
+
+/* Each block below defines the parameters of linkage_simd_impl.h for one
+ * (dtype, instruction set) and includes it; the impl undefines them. */
 
 /* ---- double, baseline ---- */
 #define DMEM_T double
@@ -103,17 +112,6 @@ typedef float dmem_vf8_u __attribute__((vector_size(32), aligned(sizeof(float)),
 #define DMEM_V 1
 #endif
 #include "linkage_simd_impl.h"
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_STREAM128
-#undef DMEM_STREAM256
-#undef DMEM_STREAM128_HALVES
-#undef DMEM_SUFFIX
-#undef DMEM_ATTR
-#undef DMEM_ISA
-#undef DMEM_V
-#undef DMEM_VT
-#undef DMEM_VTU
 
 /* ---- float, baseline ---- */
 #define DMEM_T float
@@ -130,17 +128,6 @@ typedef float dmem_vf8_u __attribute__((vector_size(32), aligned(sizeof(float)),
 #define DMEM_V 1
 #endif
 #include "linkage_simd_impl.h"
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_STREAM128
-#undef DMEM_STREAM256
-#undef DMEM_STREAM128_HALVES
-#undef DMEM_SUFFIX
-#undef DMEM_ATTR
-#undef DMEM_ISA
-#undef DMEM_V
-#undef DMEM_VT
-#undef DMEM_VTU
 
 #if DMEM_LINK_DISPATCH
 /* ---- double, AVX2 + FMA ---- */
@@ -157,17 +144,6 @@ typedef float dmem_vf8_u __attribute__((vector_size(32), aligned(sizeof(float)),
 #define DMEM_VT dmem_vd4
 #define DMEM_VTU dmem_vd4_u
 #include "linkage_simd_impl.h"
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_STREAM128
-#undef DMEM_STREAM256
-#undef DMEM_STREAM128_HALVES
-#undef DMEM_SUFFIX
-#undef DMEM_ATTR
-#undef DMEM_ISA
-#undef DMEM_V
-#undef DMEM_VT
-#undef DMEM_VTU
 
 /* ---- float, AVX2 + FMA ---- */
 #define DMEM_T float
@@ -183,48 +159,80 @@ typedef float dmem_vf8_u __attribute__((vector_size(32), aligned(sizeof(float)),
 #define DMEM_VT dmem_vf8
 #define DMEM_VTU dmem_vf8_u
 #include "linkage_simd_impl.h"
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_STREAM128
-#undef DMEM_STREAM256
-#undef DMEM_STREAM128_HALVES
-#undef DMEM_SUFFIX
-#undef DMEM_ATTR
-#undef DMEM_ISA
-#undef DMEM_V
-#undef DMEM_VT
-#undef DMEM_VTU
+
+/* ---- double, AVX-512 (F, VL, DQ) + FMA ---- */
+#define DMEM_T double
+#define DMEM_T_SIZE 8
+#define DMEM_STREAM512(p, v) _mm512_stream_pd((p), (__m512d)(v))
+#define DMEM_STREAM128_QUARTERS(p, v)                                      \
+    (_mm_stream_pd((p), _mm512_extractf64x2_pd((__m512d)(v), 0)),          \
+     _mm_stream_pd((p) + 2, _mm512_extractf64x2_pd((__m512d)(v), 1)),      \
+     _mm_stream_pd((p) + 4, _mm512_extractf64x2_pd((__m512d)(v), 2)),      \
+     _mm_stream_pd((p) + 6, _mm512_extractf64x2_pd((__m512d)(v), 3)))
+#define DMEM_SUFFIX d
+#define DMEM_ATTR __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define DMEM_ISA avx512
+#define DMEM_V 8
+#define DMEM_VT dmem_vd8
+#define DMEM_VTU dmem_vd8_u
+#include "linkage_simd_impl.h"
+
+/* ---- float, AVX-512 (F, VL, DQ) + FMA ---- */
+#define DMEM_T float
+#define DMEM_T_SIZE 4
+#define DMEM_STREAM512(p, v) _mm512_stream_ps((p), (__m512)(v))
+#define DMEM_STREAM128_QUARTERS(p, v)                                      \
+    (_mm_stream_ps((p), _mm512_extractf32x4_ps((__m512)(v), 0)),           \
+     _mm_stream_ps((p) + 4, _mm512_extractf32x4_ps((__m512)(v), 1)),       \
+     _mm_stream_ps((p) + 8, _mm512_extractf32x4_ps((__m512)(v), 2)),       \
+     _mm_stream_ps((p) + 12, _mm512_extractf32x4_ps((__m512)(v), 3)))
+#define DMEM_SUFFIX f
+#define DMEM_ATTR __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define DMEM_ISA avx512
+#define DMEM_V 16
+#define DMEM_VT dmem_vf16
+#define DMEM_VTU dmem_vf16_u
+#include "linkage_simd_impl.h"
 #endif
 
 /* ---- dispatch ---- */
 
-/* 1 when the AVX2/FMA versions run, 0 for the baseline versions. */
+/* 2 when the AVX-512 versions run, 1 for AVX2/FMA, 0 for the baseline. */
 static int dmem_link_simd = 0;
 
-/* The best level this CPU supports: 1 (AVX2 and FMA) or 0. */
+/* The best level this CPU supports: 2 (AVX-512 F/VL/DQ, AVX2 and FMA), 1
+ * (AVX2 and FMA) or 0. */
 static int dmem_linkage_simd_supported(void)
 {
 #if DMEM_LINK_DISPATCH
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512dq"))
+        return 2;
+    return 1;
 #else
     return 0;
 #endif
 }
 
-/* Select the versions to run: level 1 asks for AVX2/FMA (granted only when
- * supported), 0 for the baseline.  Returns the level in force. */
+/* Select the versions to run: the level asked for (0, 1 or 2), or the best
+ * supported one below it.  Returns the level in force. */
 static int dmem_linkage_set_simd(int level)
 {
-    dmem_link_simd = (level > 0 && dmem_linkage_simd_supported()) ? 1 : 0;
+    int best = dmem_linkage_simd_supported();
+    dmem_link_simd = level < 0 ? 0 : (level > best ? best : level);
     return dmem_link_simd;
 }
 
 static int dmem_linkage_get_simd(void) { return dmem_link_simd; }
 
 #if DMEM_LINK_DISPATCH
-#define DMEM_DISPATCH(name, suffix, args) \
-    (dmem_link_simd ? dmem_##name##_##suffix##_avx2 args : dmem_##name##_##suffix##_base args)
+#define DMEM_DISPATCH(name, suffix, args)                                       \
+    (dmem_link_simd == 2 ? dmem_##name##_##suffix##_avx512 args                 \
+     : dmem_link_simd == 1 ? dmem_##name##_##suffix##_avx2 args                 \
+     : dmem_##name##_##suffix##_base args)
 #else
 #define DMEM_DISPATCH(name, suffix, args) (dmem_##name##_##suffix##_base args)
 #endif

@@ -4,10 +4,11 @@
  *
  *   DMEM_T        float or double
  *   DMEM_SUFFIX   f or d
- *   DMEM_V        lanes per vector (2, 4 or 8), 1 without vector extensions
+ *   DMEM_V        lanes per vector (2 to 16), 1 without vector extensions
  *   DMEM_VT       vector type, DMEM_VTU the same for unaligned access
  *   DMEM_ATTR     function attribute selecting the instruction set (or empty)
- *   DMEM_ISA      base or avx2 (part of the function names)
+ *   DMEM_ISA      base, avx2 or avx512 (part of the function names)
+ *   DMEM_STREAM*  non-temporal stores of one vector (x86)
  *
  * Every function here is static and named dmem_<name>_<suffix>_<isa>.
  * Not meant to be included on its own.
@@ -55,8 +56,11 @@ DMEM_INLINE DMEM_ATTR T_ FN(hsum)(VT_ v)
     return v[0] + v[1];
 #elif DMEM_V == 4
     return (v[0] + v[1]) + (v[2] + v[3]);
-#else
+#elif DMEM_V == 8
     return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+#else
+    return (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])))
+           + (((v[8] + v[9]) + (v[10] + v[11])) + ((v[12] + v[13]) + (v[14] + v[15])));
 #endif
 }
 
@@ -109,7 +113,16 @@ DMEM_INLINE DMEM_ATTR void FN(store_out)(T_ *p, VT_ v, Py_ssize_t m, int nt)
 {
 #if DMEM_LINK_STREAM
     if (nt && m == V_) {
-#if DMEM_V * DMEM_T_SIZE == 32
+#if DMEM_V * DMEM_T_SIZE == 64
+        if (((size_t)p & 63) == 0) {
+            DMEM_STREAM512(p, v);
+            return;
+        }
+        if (((size_t)p & 15) == 0) {
+            DMEM_STREAM128_QUARTERS(p, v);
+            return;
+        }
+#elif DMEM_V * DMEM_T_SIZE == 32
         if (((size_t)p & 31) == 0) {
             DMEM_STREAM256(p, v);
             return;
@@ -600,6 +613,28 @@ static DMEM_ATTR int FN(temporal_backward)(const T_ *DMEM_RESTRICT L,
     return 0;
 }
 
+/* the parameters of this (dtype, instruction set), defined by linkage_simd.h */
+#undef DMEM_T
+#undef DMEM_T_SIZE
+#undef DMEM_SUFFIX
+#undef DMEM_ATTR
+#undef DMEM_ISA
+#undef DMEM_V
+#ifdef DMEM_VT
+#undef DMEM_VT
+#undef DMEM_VTU
+#endif
+#ifdef DMEM_STREAM128
+#undef DMEM_STREAM128
+#endif
+#ifdef DMEM_STREAM256
+#undef DMEM_STREAM256
+#undef DMEM_STREAM128_HALVES
+#endif
+#ifdef DMEM_STREAM512
+#undef DMEM_STREAM512
+#undef DMEM_STREAM128_QUARTERS
+#endif
 #undef T_
 #undef V_
 #undef VT_

@@ -16,7 +16,7 @@ dnc_step = importlib.import_module("dmem._kernels.dnc_step")
 dnc_bptt = importlib.import_module("dmem._dnc_bptt")
 DNCSequence = dnc_step.DNCSequence
 
-SIMD = [False] + ([True] if linkage._set_simd(True) == "avx2+fma" else [])
+SIMD = list(linkage.simd_levels_supported())
 
 
 @pytest.fixture(autouse=True)

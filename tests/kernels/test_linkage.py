@@ -20,17 +20,17 @@ kernels = importlib.import_module("dmem._kernels.linkage")
 dnc_bptt = importlib.import_module("dmem._dnc_bptt")
 
 
-@pytest.fixture(autouse=True, scope="module", params=["avx2+fma", "baseline"])
+@pytest.fixture(autouse=True, scope="module", params=["avx512", "avx2+fma", "baseline"])
 def instruction_set(request):
     """Every test runs with each version of the link loops (linkage_simd.h) that
-    this CPU can run: the AVX2/FMA one (where the CPU has it) and the baseline."""
+    this CPU can run: AVX-512 and AVX2/FMA (where the CPU has them) and the baseline."""
     previous = kernels.simd_level()
-    level = kernels._set_simd(request.param != "baseline")
+    level = kernels._set_simd(request.param)
     if level != request.param:
-        kernels._set_simd(previous != "baseline")
+        kernels._set_simd(previous)
         pytest.skip(f"this CPU cannot run the {request.param} loops")
     yield level
-    kernels._set_simd(previous != "baseline")
+    kernels._set_simd(previous)
 
 NAMES = ["precedence", "link", "temporal_weights", "link_step"]
 N_OUTPUTS = {"precedence": 1, "link": 1, "temporal_weights": 2, "link_step": 4}
@@ -565,8 +565,13 @@ def test_non_temporal_stores_give_the_same_values(dtype, offset):
 
 def test_simd_level_is_reported():
     level = kernels.simd_level()
-    assert level in ("avx2+fma", "baseline")
-    assert kernels._set_simd(level != "baseline") == level
+    supported = kernels.simd_levels_supported()
+    assert level in supported
+    assert supported == kernels.SIMD_LEVELS[:len(supported)]
+    assert kernels._set_simd(level) == level
+    assert kernels._set_simd(False) == "baseline"
+    assert kernels._set_simd(True) == supported[-1]
+    kernels._set_simd(level)
 
 
 # ---------------------------------------------------------------- temporal_weights row loops:
@@ -626,24 +631,26 @@ def test_temporal_weights_one_and_two_threads_are_bitwise_identical(dtype, N, R)
 @pytest.mark.parametrize("dtype,rtol,floor",
                          [(np.float64, 1e-12, 1e-15), (np.float32, 1e-5, 1e-6)])
 @pytest.mark.parametrize("N,R", [(1, 2), (7, 9), (13, 4), (130, 5)])
-def test_temporal_weights_baseline_and_avx2_agree_to_rounding(dtype, rtol, floor, N, R):
-    """The two versions differ only in rounding (FMA, lane order of the reductions):
+@pytest.mark.parametrize("wide", ["avx2+fma", "avx512"])
+def test_temporal_weights_baseline_and_wider_loops_agree_to_rounding(wide, dtype, rtol, floor,
+                                                                    N, R):
+    """The versions differ only in rounding (FMA, lane order of the reductions):
     relative ``rtol``, with an absolute floor of ``floor`` × the largest entry for the
     sums of terms of both signs (float32: a few units in the last place of that entry)."""
     previous = kernels.simd_level()
-    if kernels._set_simd(True) != "avx2+fma":
-        kernels._set_simd(previous != "baseline")
-        pytest.skip("this CPU cannot run the avx2+fma loops")
+    if kernels._set_simd(wide) != wide:
+        kernels._set_simd(previous)
+        pytest.skip(f"this CPU cannot run the {wide} loops")
     rng = np.random.default_rng(400 + N + R)
     inputs = make_inputs("temporal_weights", rng, B=3, N=N, R=R, dtype=dtype, valid=False)
     cots = [c.astype(dtype) for c in cotangents("temporal_weights", rng, inputs)]
     try:
-        avx2 = raw_temporal_weights(inputs, cots, 2)
+        wider = raw_temporal_weights(inputs, cots, 2)
         assert kernels._set_simd(False) == "baseline"
         base = raw_temporal_weights(inputs, cots, 2)
     finally:
-        kernels._set_simd(previous != "baseline")
-    for a, b in zip(avx2, base):
+        kernels._set_simd(previous)
+    for a, b in zip(wider, base):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=floor * np.max(np.abs(b)))
 
 
