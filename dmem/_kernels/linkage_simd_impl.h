@@ -1,14 +1,8 @@
 /*
- * Body of the link_step row kernels, included by linkage_simd.h once per
- * (dtype, instruction set) with these macros defined:
- *
- *   DMEM_T        float or double
- *   DMEM_SUFFIX   f or d
- *   DMEM_V        lanes per vector (2 to 16), 1 without vector extensions
- *   DMEM_VT       vector type, DMEM_VTU the same for unaligned access
- *   DMEM_ATTR     function attribute selecting the instruction set (or empty)
- *   DMEM_ISA      base, avx2 or avx512 (part of the function names)
- *   DMEM_STREAM*  non-temporal stores of one vector (x86)
+ * Body of the link_step and temporal_weights row loops, compiled by
+ * simd_levels.h (included from linkage_simd.h) once per dtype and instruction
+ * set, with its parameters DMEM_T, DMEM_SUFFIX, DMEM_V, DMEM_VT, DMEM_VTU,
+ * DMEM_ATTR, DMEM_ISA and DMEM_STREAM defined.
  *
  * Every function here is static and named dmem_<name>_<suffix>_<isa>.
  * Not meant to be included on its own.
@@ -20,7 +14,7 @@
 #define DMEM_NAME_(name, suffix, isa) DMEM_NAME__(name, suffix, isa)
 #define FN(name) DMEM_NAME_(name, DMEM_SUFFIX, DMEM_ISA)
 
-#if DMEM_LINK_VECTORS
+#if DMEM_VECTORS
 #define VT_ DMEM_VT
 #define LD_(p) (*(const DMEM_VTU *)(p))
 #define ST_(p, v) (*(DMEM_VTU *)(p) = (v))
@@ -36,7 +30,7 @@
 
 DMEM_INLINE DMEM_ATTR VT_ FN(splat)(T_ s)
 {
-#if DMEM_LINK_VECTORS
+#if DMEM_VECTORS
     VT_ v;
     int l;
     for (l = 0; l < V_; l++)
@@ -50,7 +44,7 @@ DMEM_INLINE DMEM_ATTR VT_ FN(splat)(T_ s)
 /* Sum of the lanes, pairwise in a fixed order. */
 DMEM_INLINE DMEM_ATTR T_ FN(hsum)(VT_ v)
 {
-#if !DMEM_LINK_VECTORS
+#if !DMEM_VECTORS
     return v;
 #elif DMEM_V == 2
     return v[0] + v[1];
@@ -111,32 +105,10 @@ DMEM_INLINE DMEM_ATTR T_ *FN(aligned)(void *block)
  * (non-temporal store, when the address is aligned for it; x86 only). */
 DMEM_INLINE DMEM_ATTR void FN(store_out)(T_ *p, VT_ v, Py_ssize_t m, int nt)
 {
-#if DMEM_LINK_STREAM
-    if (nt && m == V_) {
-#if DMEM_V * DMEM_T_SIZE == 64
-        if (((size_t)p & 63) == 0) {
-            DMEM_STREAM512(p, v);
-            return;
-        }
-        if (((size_t)p & 15) == 0) {
-            DMEM_STREAM128_QUARTERS(p, v);
-            return;
-        }
-#elif DMEM_V * DMEM_T_SIZE == 32
-        if (((size_t)p & 31) == 0) {
-            DMEM_STREAM256(p, v);
-            return;
-        }
-        if (((size_t)p & 15) == 0) {
-            DMEM_STREAM128_HALVES(p, v);
-            return;
-        }
-#else
-        if (((size_t)p & 15) == 0) {
-            DMEM_STREAM128(p, v);
-            return;
-        }
-#endif
+#if DMEM_X86
+    if (nt && m == V_ && DMEM_STREAM_OK(p)) {
+        DMEM_STREAM(p, v);
+        return;
     }
 #else
     (void)nt;
@@ -274,7 +246,7 @@ static DMEM_ATTR int FN(link_forward)(const T_ *lp, const T_ *DMEM_RESTRICT pp,
         for (j = 0; j < n; j++)
             bw[r * n + j] = bacc[r * np_ + j];
     free(scratch);
-#if DMEM_LINK_STREAM
+#if DMEM_X86
     if (nt)
         _mm_sfence();
 #endif
@@ -447,7 +419,7 @@ static DMEM_ATTR int FN(link_backward)(const T_ *lp, const T_ *DMEM_RESTRICT pp,
         for (j = 0; j < n; j++)
             dwr[r * n + j] = dwr[r * n + j] + dwrcol[r * np_ + j];
     free(scratch);
-#if DMEM_LINK_STREAM
+#if DMEM_X86
     if (nt)
         _mm_sfence();
 #endif
@@ -606,35 +578,13 @@ static DMEM_ATTR int FN(temporal_backward)(const T_ *DMEM_RESTRICT L,
         for (j = 0; j < n; j++)
             dwr[r * n + j] = dwr[r * n + j] + dwrcol[r * np_ + j];
     free(scratch);
-#if DMEM_LINK_STREAM
+#if DMEM_X86
     if (nt)
         _mm_sfence();
 #endif
     return 0;
 }
 
-/* the parameters of this (dtype, instruction set), defined by linkage_simd.h */
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_SUFFIX
-#undef DMEM_ATTR
-#undef DMEM_ISA
-#undef DMEM_V
-#ifdef DMEM_VT
-#undef DMEM_VT
-#undef DMEM_VTU
-#endif
-#ifdef DMEM_STREAM128
-#undef DMEM_STREAM128
-#endif
-#ifdef DMEM_STREAM256
-#undef DMEM_STREAM256
-#undef DMEM_STREAM128_HALVES
-#endif
-#ifdef DMEM_STREAM512
-#undef DMEM_STREAM512
-#undef DMEM_STREAM128_QUARTERS
-#endif
 #undef T_
 #undef V_
 #undef VT_
