@@ -2,87 +2,12 @@
  * Body of the link_step and temporal_weights row loops, compiled by
  * simd_levels.h (included from linkage_simd.h) once per dtype and instruction
  * set, with its parameters DMEM_T, DMEM_SUFFIX, DMEM_V, DMEM_VT, DMEM_VTU,
- * DMEM_ATTR, DMEM_ISA and DMEM_STREAM defined.
+ * DMEM_ATTR, DMEM_ISA and DMEM_STREAM defined, and the short names and vector
+ * helpers of simd_begin.h (T_, V_, VT_, FN, LD_, ST_, FN(v_load), ...).
  *
  * Every function here is static and named dmem_<name>_<suffix>_<isa>.
  * Not meant to be included on its own.
  */
-
-#define T_ DMEM_T
-#define V_ DMEM_V
-#define DMEM_NAME__(name, suffix, isa) dmem_##name##_##suffix##_##isa
-#define DMEM_NAME_(name, suffix, isa) DMEM_NAME__(name, suffix, isa)
-#define FN(name) DMEM_NAME_(name, DMEM_SUFFIX, DMEM_ISA)
-
-#if DMEM_VECTORS
-#define VT_ DMEM_VT
-#define LD_(p) (*(const DMEM_VTU *)(p))
-#define ST_(p, v) (*(DMEM_VTU *)(p) = (v))
-#define ZLANE_(v, l) ((v)[l] = 0)
-#else
-#define VT_ DMEM_T
-#define LD_(p) (*(p))
-#define ST_(p, v) (*(p) = (v))
-#define ZLANE_(v, l) ((v) = 0)
-#endif
-
-/* ---------------------------------------------------------------- vector helpers */
-
-DMEM_INLINE DMEM_ATTR VT_ FN(splat)(T_ s)
-{
-#if DMEM_VECTORS
-    VT_ v;
-    int l;
-    for (l = 0; l < V_; l++)
-        v[l] = s;
-    return v;
-#else
-    return s;
-#endif
-}
-
-/* Sum of the lanes, pairwise in a fixed order. */
-DMEM_INLINE DMEM_ATTR T_ FN(hsum)(VT_ v)
-{
-#if !DMEM_VECTORS
-    return v;
-#elif DMEM_V == 2
-    return v[0] + v[1];
-#elif DMEM_V == 4
-    return (v[0] + v[1]) + (v[2] + v[3]);
-#elif DMEM_V == 8
-    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-#else
-    return (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])))
-           + (((v[8] + v[9]) + (v[10] + v[11])) + ((v[12] + v[13]) + (v[14] + v[15])));
-#endif
-}
-
-/* The first m lanes from p (m == V_: a plain load), zeros after. */
-DMEM_INLINE DMEM_ATTR VT_ FN(load)(const T_ *p, Py_ssize_t m)
-{
-    T_ tmp[V_];
-    Py_ssize_t l;
-    if (m == V_)
-        return LD_(p);
-    for (l = 0; l < V_; l++)
-        tmp[l] = l < m ? p[l] : (T_)0;
-    return LD_(tmp);
-}
-
-/* Store the first m lanes of v at p. */
-DMEM_INLINE DMEM_ATTR void FN(store)(T_ *p, VT_ v, Py_ssize_t m)
-{
-    T_ tmp[V_];
-    Py_ssize_t l;
-    if (m == V_) {
-        ST_(p, v);
-        return;
-    }
-    ST_(tmp, v);
-    for (l = 0; l < m; l++)
-        p[l] = tmp[l];
-}
 
 /*
  * Distance between the scratch rows (per-j vectors, column sums) of a batch
@@ -113,7 +38,7 @@ DMEM_INLINE DMEM_ATTR void FN(store_out)(T_ *p, VT_ v, Py_ssize_t m, int nt)
 #else
     (void)nt;
 #endif
-    FN(store)(p, v, m);
+    FN(v_store)(p, v, m);
 }
 
 /* dst[0:n] = src[0:n], dst[n:np_] = 0 */
@@ -144,12 +69,12 @@ DMEM_INLINE DMEM_ATTR void FN(fwd_chunk)(
 {
     VT_ x;
     if (first) {
-        x = (keep - LD_(wpad + j)) * FN(load)(lpi + j, m) + wi * LD_(ppad + j);
+        x = (keep - LD_(wpad + j)) * FN(v_load)(lpi + j, m) + wi * LD_(ppad + j);
         if (dlane >= 0)
             ZLANE_(x, dlane);
         FN(store_out)(Li + j, x, m, nt);
     } else {
-        x = FN(load)(Li + j, m);
+        x = FN(v_load)(Li + j, m);
     }
     if (heads) {
         acc[0] += x * LD_(wrg + j);
@@ -172,7 +97,7 @@ DMEM_INLINE DMEM_ATTR void FN(fwd_row)(
     T_ keep_s, T_ wi_s, const VT_ *cs, VT_ *acc, int heads, int first, Py_ssize_t dj,
     Py_ssize_t dl, Py_ssize_t nfull, Py_ssize_t rem, int nt)
 {
-    VT_ keep = FN(splat)(keep_s), wi = FN(splat)(wi_s);
+    VT_ keep = FN(v_splat)(keep_s), wi = FN(v_splat)(wi_s);
     Py_ssize_t j, stop = dj < nfull ? dj : nfull;
     for (j = 0; j < stop; j += V_)
         FN(fwd_chunk)(lpi, wpad, ppad, Li, wrg, bg, np_, j, keep, wi, cs, acc, heads, first, -1, V_, nt);
@@ -229,8 +154,8 @@ static DMEM_ATTR int FN(link_forward)(const T_ *lp, const T_ *DMEM_RESTRICT pp,
         for (g = 0; g < ng; g++) {
             for (k = 0; k < 4; k++) {
                 r = 4 * g + k;
-                cs[k] = FN(splat)(r < nr ? wr[r * n + i] : (T_)0);
-                acc[k] = FN(splat)(0);
+                cs[k] = FN(v_splat)(r < nr ? wr[r * n + i] : (T_)0);
+                acc[k] = FN(v_splat)(0);
             }
             if (g == 0)
                 FN(fwd_row)(lpi, wpad, ppad, Li, wrpad, bacc, np_, keep, wi, cs, acc, 1, 1, dj, dl,
@@ -239,7 +164,7 @@ static DMEM_ATTR int FN(link_forward)(const T_ *lp, const T_ *DMEM_RESTRICT pp,
                 FN(fwd_row)(lpi, wpad, ppad, Li, wrpad + 4 * g * np_, bacc + 4 * g * np_, np_, keep,
                             wi, cs, acc, 1, 0, dj, dl, nfull, rem, nt);
             for (k = 0; k < 4 && 4 * g + k < nr; k++)
-                f[(4 * g + k) * n + i] = FN(hsum)(acc[k]);
+                f[(4 * g + k) * n + i] = FN(v_hsum)(acc[k]);
         }
     }
     for (r = 0; r < nr; r++)
@@ -274,10 +199,10 @@ DMEM_INLINE DMEM_ATTR void FN(bwd_chunk)(
     const VT_ *cs, VT_ *accr, VT_ *accw, int heads, int final, Py_ssize_t dlane, Py_ssize_t m,
     int nt)
 {
-    VT_ lv = FN(load)(lpi + j, m);
+    VT_ lv = FN(v_load)(lpi + j, m);
     VT_ pv = LD_(ppad + j);
     VT_ k = keep - LD_(wpad + j);
-    VT_ g = FN(load)(src + j, m);
+    VT_ g = FN(v_load)(src + j, m);
     if (heads) {
         VT_ d0 = LD_(dbg + j), d1 = LD_(dbg + np_ + j), d2 = LD_(dbg + 2 * np_ + j),
             d3 = LD_(dbg + 3 * np_ + j);
@@ -316,7 +241,7 @@ DMEM_INLINE DMEM_ATTR void FN(bwd_row)(
     VT_ *accr, VT_ *accw, int heads, int final, Py_ssize_t dj, Py_ssize_t dl, Py_ssize_t nfull,
     Py_ssize_t rem, int nt)
 {
-    VT_ keep = FN(splat)(keep_s), wi = FN(splat)(wi_s);
+    VT_ keep = FN(v_splat)(keep_s), wi = FN(v_splat)(wi_s);
     Py_ssize_t j, stop = dj < nfull ? dj : nfull;
     for (j = 0; j < stop; j += V_)
         FN(bwd_chunk)(lpi, src, dlpi, grow, wpad, ppad, wrg, dbg, dwrg, dwcol, dpacc, np_, j, keep,
@@ -371,45 +296,45 @@ static DMEM_ATTR int FN(link_backward)(const T_ *lp, const T_ *DMEM_RESTRICT pp,
         FN(pad)(dwrcol + r * np_, w, 0, np_);
     }
     for (k = 0; k < 4; k++)
-        as[k] = cs[k] = accr[k] = FN(splat)(0);
+        as[k] = cs[k] = accr[k] = FN(v_splat)(0);
     for (i = 0; i < n; i++) {
         const T_ *lpi = lp != NULL ? lp + i * n : zrow;
         const T_ *src = dL != NULL ? dL + i * n : zrow;
         T_ *dlpi = dlp != NULL ? dlp + i * n : sink;
         T_ wi = w[i], keep = 1 - wi;
         Py_ssize_t dj = i / V_ * V_, dl = i - dj;
-        accw = FN(splat)(0);
+        accw = FN(v_splat)(0);
         if (nr == 0) {
             FN(bwd_row)(lpi, src, dlpi, grow, wpad, ppad, wrpad, dbpad, dwrcol, dwcol, dpacc, np_,
                         keep, wi, as, cs, accr, &accw, 0, 1, dj, dl, nfull, rem, nt);
-            dw[i] = FN(hsum)(accw);
+            dw[i] = FN(v_hsum)(accw);
             continue;
         }
         /* groups of heads after the first: continue the cotangent in grow */
         for (g = 1; g < ng; g++) {
             for (k = 0; k < 4; k++) {
                 r = 4 * g + k;
-                as[k] = FN(splat)(r < nr ? df[r * n + i] : (T_)0);
-                cs[k] = FN(splat)(r < nr ? wr[r * n + i] : (T_)0);
-                accr[k] = FN(splat)(0);
+                as[k] = FN(v_splat)(r < nr ? df[r * n + i] : (T_)0);
+                cs[k] = FN(v_splat)(r < nr ? wr[r * n + i] : (T_)0);
+                accr[k] = FN(v_splat)(0);
             }
             FN(bwd_row)(lpi, src, dlpi, grow, wpad, ppad, wrpad + 4 * g * np_, dbpad + 4 * g * np_,
                         dwrcol + 4 * g * np_, dwcol, dpacc, np_, keep, wi, as, cs, accr, &accw, 1,
                         0, dj, dl, nfull, rem, nt);
             for (k = 0; k < 4 && 4 * g + k < nr; k++)
-                dwr[(4 * g + k) * n + i] = FN(hsum)(accr[k]);
+                dwr[(4 * g + k) * n + i] = FN(v_hsum)(accr[k]);
             src = grow;
         }
         for (k = 0; k < 4; k++) {
-            as[k] = FN(splat)(k < nr ? df[k * n + i] : (T_)0);
-            cs[k] = FN(splat)(k < nr ? wr[k * n + i] : (T_)0);
-            accr[k] = FN(splat)(0);
+            as[k] = FN(v_splat)(k < nr ? df[k * n + i] : (T_)0);
+            cs[k] = FN(v_splat)(k < nr ? wr[k * n + i] : (T_)0);
+            accr[k] = FN(v_splat)(0);
         }
         FN(bwd_row)(lpi, src, dlpi, grow, wpad, ppad, wrpad, dbpad, dwrcol, dwcol, dpacc, np_, keep,
                     wi, as, cs, accr, &accw, 1, 1, dj, dl, nfull, rem, nt);
         for (k = 0; k < 4 && k < nr; k++)
-            dwr[k * n + i] = FN(hsum)(accr[k]);
-        dw[i] = FN(hsum)(accw);
+            dwr[k * n + i] = FN(v_hsum)(accr[k]);
+        dw[i] = FN(v_hsum)(accw);
     }
     for (j = 0; j < n; j++) {
         dw[j] = dw[j] + dwcol[j];
@@ -460,13 +385,13 @@ static DMEM_ATTR int FN(temporal_forward)(const T_ *L, const T_ *DMEM_RESTRICT w
         for (g = 0; g < ng; g++) {
             for (k = 0; k < 4; k++) {
                 r = 4 * g + k;
-                cs[k] = FN(splat)(r < nr ? wr[r * n + i] : (T_)0);
-                acc[k] = FN(splat)(0);
+                cs[k] = FN(v_splat)(r < nr ? wr[r * n + i] : (T_)0);
+                acc[k] = FN(v_splat)(0);
             }
             FN(fwd_row)(NULL, NULL, NULL, Li, wrpad + 4 * g * np_, bacc + 4 * g * np_, np_, 0,
                         0, cs, acc, 1, 0, nfull, -1, nfull, rem, 0);
             for (k = 0; k < 4 && 4 * g + k < nr; k++)
-                f[(4 * g + k) * n + i] = FN(hsum)(acc[k]);
+                f[(4 * g + k) * n + i] = FN(v_hsum)(acc[k]);
         }
     }
     for (r = 0; r < nr; r++)
@@ -488,10 +413,10 @@ DMEM_INLINE DMEM_ATTR void FN(tbwd_chunk)(
     const T_ *DMEM_RESTRICT dbg, T_ *DMEM_RESTRICT dwrg, Py_ssize_t np_, Py_ssize_t j,
     const VT_ *as, const VT_ *cs, VT_ *accr, int final, Py_ssize_t m, int nt)
 {
-    VT_ x = FN(load)(Li + j, m);
+    VT_ x = FN(v_load)(Li + j, m);
     VT_ d0 = LD_(dbg + j), d1 = LD_(dbg + np_ + j), d2 = LD_(dbg + 2 * np_ + j),
         d3 = LD_(dbg + 3 * np_ + j);
-    VT_ g = FN(load)(src + j, m);
+    VT_ g = FN(v_load)(src + j, m);
     ST_(dwrg + j, LD_(dwrg + j) + as[0] * x);
     ST_(dwrg + np_ + j, LD_(dwrg + np_ + j) + as[1] * x);
     ST_(dwrg + 2 * np_ + j, LD_(dwrg + 2 * np_ + j) + as[2] * x);
@@ -559,9 +484,9 @@ static DMEM_ATTR int FN(temporal_backward)(const T_ *DMEM_RESTRICT L,
             T_ *dst = final ? dLi : grow;
             for (k = 0; k < 4; k++) {
                 r = 4 * g + k;
-                as[k] = FN(splat)(r < nr ? df[r * n + i] : (T_)0);
-                cs[k] = FN(splat)(r < nr ? wr[r * n + i] : (T_)0);
-                accr[k] = FN(splat)(0);
+                as[k] = FN(v_splat)(r < nr ? df[r * n + i] : (T_)0);
+                cs[k] = FN(v_splat)(r < nr ? wr[r * n + i] : (T_)0);
+                accr[k] = FN(v_splat)(0);
             }
             for (j = 0; j < nfull; j += V_)
                 FN(tbwd_chunk)(Li, src, dst, wrg, dbg, dwrg, np_, j, as, cs, accr, final, V_,
@@ -570,7 +495,7 @@ static DMEM_ATTR int FN(temporal_backward)(const T_ *DMEM_RESTRICT L,
                 FN(tbwd_chunk)(Li, src, dst, wrg, dbg, dwrg, np_, nfull, as, cs, accr, final, rem,
                                nt);
             for (k = 0; k < 4 && 4 * g + k < nr; k++)
-                dwr[(4 * g + k) * n + i] = FN(hsum)(accr[k]);
+                dwr[(4 * g + k) * n + i] = FN(v_hsum)(accr[k]);
             src = grow;
         }
     }
@@ -584,13 +509,3 @@ static DMEM_ATTR int FN(temporal_backward)(const T_ *DMEM_RESTRICT L,
 #endif
     return 0;
 }
-
-#undef T_
-#undef V_
-#undef VT_
-#undef LD_
-#undef ST_
-#undef ZLANE_
-#undef FN
-#undef DMEM_NAME_
-#undef DMEM_NAME__

@@ -11,6 +11,7 @@
  *   DMEM_STREAM   (x86) DMEM_STREAM(p, v): a non-temporal store of vector v at
  *                 p, aligned to 16 bytes at least, when DMEM_STREAM_OK(p)
  *
+ * and the loop file has the short names and vector helpers of simd_begin.h.
  * Include after simd.h, with DMEM_SIMD_IMPL defined; it is undefined here.
  */
 
@@ -36,7 +37,9 @@
 #if DMEM_X86
 #define DMEM_STREAM(p, v) _mm_stream_pd((p), (__m128d)(v))
 #endif
+#include "simd_begin.h"
 #include DMEM_SIMD_IMPL
+#include "simd_end.h"
 #undef DMEM_T
 #undef DMEM_T_SIZE
 #undef DMEM_SUFFIX
@@ -60,7 +63,9 @@
 #if DMEM_X86
 #define DMEM_STREAM(p, v) _mm_stream_ps((p), (__m128)(v))
 #endif
+#include "simd_begin.h"
 #include DMEM_SIMD_IMPL
+#include "simd_end.h"
 #undef DMEM_T
 #undef DMEM_T_SIZE
 #undef DMEM_SUFFIX
@@ -84,7 +89,9 @@
 #define DMEM_STREAM(p, v)                                                      \
     (_mm_stream_pd((p), _mm256_castpd256_pd128((__m256d)(v))),                 \
      _mm_stream_pd((p) + 2, _mm256_extractf128_pd((__m256d)(v), 1)))
+#include "simd_begin.h"
 #include DMEM_SIMD_IMPL
+#include "simd_end.h"
 #undef DMEM_T
 #undef DMEM_T_SIZE
 #undef DMEM_SUFFIX
@@ -102,7 +109,9 @@
 #define DMEM_STREAM(p, v)                                                      \
     (_mm_stream_ps((p), _mm256_castps256_ps128((__m256)(v))),                  \
      _mm_stream_ps((p) + 4, _mm256_extractf128_ps((__m256)(v), 1)))
+#include "simd_begin.h"
 #include DMEM_SIMD_IMPL
+#include "simd_end.h"
 #undef DMEM_T
 #undef DMEM_T_SIZE
 #undef DMEM_SUFFIX
@@ -127,7 +136,9 @@
      _mm_stream_pd((p) + 2, _mm512_extractf64x2_pd((__m512d)(v), 1)),          \
      _mm_stream_pd((p) + 4, _mm512_extractf64x2_pd((__m512d)(v), 2)),          \
      _mm_stream_pd((p) + 6, _mm512_extractf64x2_pd((__m512d)(v), 3)))
+#include "simd_begin.h"
 #include DMEM_SIMD_IMPL
+#include "simd_end.h"
 #undef DMEM_T
 #undef DMEM_T_SIZE
 #undef DMEM_SUFFIX
@@ -147,7 +158,9 @@
      _mm_stream_ps((p) + 4, _mm512_extractf32x4_ps((__m512)(v), 1)),           \
      _mm_stream_ps((p) + 8, _mm512_extractf32x4_ps((__m512)(v), 2)),           \
      _mm_stream_ps((p) + 12, _mm512_extractf32x4_ps((__m512)(v), 3)))
+#include "simd_begin.h"
 #include DMEM_SIMD_IMPL
+#include "simd_end.h"
 #undef DMEM_T
 #undef DMEM_T_SIZE
 #undef DMEM_SUFFIX
@@ -163,3 +176,5 @@
 #undef DMEM_STREAM_OK
 #endif
 #undef DMEM_SIMD_IMPL
+/* the vector helpers of simd_begin.h exist now for every level */
+#define DMEM_SIMD_HELPERS_DONE
