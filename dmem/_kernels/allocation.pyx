@@ -18,6 +18,50 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
+cdef extern from "allocation_simd.h" nogil:
+    void dmem_usage_forward_d(const double* up, const double* wp, const double* wr,
+                              const double* f, double* out, Py_ssize_t n, Py_ssize_t nr)
+    void dmem_usage_forward_f(const float* up, const float* wp, const float* wr,
+                              const float* f, float* out, Py_ssize_t n, Py_ssize_t nr)
+    void dmem_usage_backward_d(const double* up, const double* wp, const double* wr,
+                               const double* f, const double* g, double* du, double* dw,
+                               double* dwr, double* df, Py_ssize_t n, Py_ssize_t nr)
+    void dmem_usage_backward_f(const float* up, const float* wp, const float* wr,
+                               const float* f, const float* g, float* du, float* dw,
+                               float* dwr, float* df, Py_ssize_t n, Py_ssize_t nr)
+    int dmem_allocation_simd_supported()
+    int dmem_allocation_set_simd(int level)
+    int dmem_allocation_get_simd()
+
+
+dmem_allocation_set_simd(2)  # the widest this CPU has
+
+# Names of the instruction sets of the usage loops, by level (simd.h).
+SIMD_LEVELS = ("baseline", "avx2+fma", "avx512")
+
+
+def simd_level():
+    """The instruction set of the usage loops: ``"avx512"``, ``"avx2+fma"`` or
+    ``"baseline"``."""
+    return SIMD_LEVELS[dmem_allocation_get_simd()]
+
+
+def simd_levels_supported():
+    """The levels :func:`_set_simd` can select on this CPU, baseline first."""
+    return SIMD_LEVELS[:dmem_allocation_simd_supported() + 1]
+
+
+def _set_simd(level):
+    """Select the usage loops (for tests and benchmarks): ``True`` for the best
+    this CPU has, ``False`` for the baseline, or a name from :data:`SIMD_LEVELS`.
+    Returns :func:`simd_level`."""
+    if level is True or level is False:
+        dmem_allocation_set_simd(2 if level else 0)
+    else:
+        dmem_allocation_set_simd(SIMD_LEVELS.index(level))
+    return simd_level()
+
+
 # The ε of the allocation weighting (part of the contract).
 cdef double ALLOCATION_EPSILON = 1e-6
 
@@ -27,19 +71,11 @@ cdef double ALLOCATION_EPSILON = 1e-6
 cdef inline void _usage_row(const floating* usage_prev, const floating* write_prev,
                             const floating* read_prev, const floating* free_gates,
                             floating* out, Py_ssize_t N, Py_ssize_t R) noexcept nogil:
-    """out = (u + w − u w) ∘ Π_r (1 − f_r w_r) for one batch row."""
-    cdef Py_ssize_t n, r
-    cdef floating f
-    cdef const floating* wr
-    for n in range(N):
-        out[n] = 1
-    for r in range(R):
-        f = free_gates[r]
-        wr = read_prev + r * N
-        for n in range(N):
-            out[n] *= 1 - f * wr[n]
-    for n in range(N):
-        out[n] = (usage_prev[n] + write_prev[n] - usage_prev[n] * write_prev[n]) * out[n]
+    """out = (u + w − u w) ∘ Π_r (1 − f_r w_r) for one batch row (allocation_simd.h)."""
+    if floating is double:
+        dmem_usage_forward_d(usage_prev, write_prev, read_prev, free_gates, out, N, R)
+    else:
+        dmem_usage_forward_f(usage_prev, write_prev, read_prev, free_gates, out, N, R)
 
 
 def usage_forward(const floating[:, ::1] usage_prev, const floating[:, ::1] write_weights_prev,
@@ -67,50 +103,20 @@ cdef inline void _usage_backward_row(const floating* usage_prev, const floating*
                                      floating* grad_write_prev, floating* grad_read_prev,
                                      floating* grad_free, Py_ssize_t N,
                                      Py_ssize_t R) noexcept nogil:
-    """Backward of one batch row of the usage update.
+    """Backward of one batch row of the usage update (allocation_simd.h).
 
     With v = u + w − u w, q_r = 1 − f_r w_r, ψ = Π_r q_r and g the output
     gradient: du = g ψ (1 − w), dw = g ψ (1 − u), and for read head r,
     dq_r = g v Π_{r'≠r} q_{r'}, dw_r = −f_r dq_r, df_r = −Σ_n w_r dq_r.
     Π_{r'≠r} q_{r'} is prefix × suffix over heads (no division by q_r, which
-    can be 0).  Scratch lives in the outputs: the suffix products first fill
-    grad_read_prev, the running suffix (then ψ) sits in grad_usage_prev, the
-    running prefix in grad_write_prev.
+    can be 0).
     """
-    cdef Py_ssize_t n, r
-    cdef floating f, dq, acc, gv
-    cdef const floating* wr
-    cdef floating* dwr
-    cdef floating* suffix = grad_usage_prev
-    cdef floating* prefix = grad_write_prev
-    for n in range(N):
-        suffix[n] = 1
-        prefix[n] = 1
-    # grad_read_prev[r, n] = Π_{r' > r} q_{r'}[n]; finally suffix = ψ.
-    for r in range(R - 1, -1, -1):
-        f = free_gates[r]
-        wr = read_prev + r * N
-        dwr = grad_read_prev + r * N
-        for n in range(N):
-            dwr[n] = suffix[n]
-            suffix[n] *= 1 - f * wr[n]
-    for r in range(R):
-        f = free_gates[r]
-        wr = read_prev + r * N
-        dwr = grad_read_prev + r * N
-        acc = 0
-        for n in range(N):
-            gv = grad_usage[n] * (usage_prev[n] + write_prev[n] - usage_prev[n] * write_prev[n])
-            dq = gv * (prefix[n] * dwr[n])
-            dwr[n] = -f * dq
-            acc -= wr[n] * dq
-            prefix[n] *= 1 - f * wr[n]
-        grad_free[r] = acc
-    for n in range(N):
-        # suffix[n] holds ψ[n]
-        f = grad_usage[n] * suffix[n]
-        grad_usage_prev[n] = f * (1 - write_prev[n])
-        grad_write_prev[n] = f * (1 - usage_prev[n])
+    if floating is double:
+        dmem_usage_backward_d(usage_prev, write_prev, read_prev, free_gates, grad_usage,
+                              grad_usage_prev, grad_write_prev, grad_read_prev, grad_free, N, R)
+    else:
+        dmem_usage_backward_f(usage_prev, write_prev, read_prev, free_gates, grad_usage,
+                              grad_usage_prev, grad_write_prev, grad_read_prev, grad_free, N, R)
 
 
 def usage_backward(const floating[:, ::1] usage_prev, const floating[:, ::1] write_weights_prev,

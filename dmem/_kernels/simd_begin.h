@@ -34,14 +34,14 @@
 
 #ifndef DMEM_SIMD_HELPERS_DONE
 
+/* s in every lane: s − 0 is s exactly (−0 too), and a scalar operand of a
+ * vector operation is broadcast (one instruction; a loop over the lanes
+ * compiled to one masked broadcast per lane on AVX-512). */
 DMEM_INLINE DMEM_ATTR VT_ FN(v_splat)(T_ s)
 {
 #if DMEM_VECTORS
-    VT_ v;
-    int l;
-    for (l = 0; l < V_; l++)
-        v[l] = s;
-    return v;
+    const VT_ zero = {0};
+    return s - zero;
 #else
     return s;
 #endif

@@ -17,6 +17,21 @@ from dmem._kernels import allocation as _raw
 compiled = importlib.import_module("dmem.compiled.allocation")
 reference = importlib.import_module("dmem.reference.allocation")
 
+
+
+@pytest.fixture(autouse=True, scope="module", params=["avx512", "avx2+fma", "baseline"])
+def instruction_set(request):
+    """Every test runs with each version of the usage loops (allocation_simd.h)
+    that this CPU can run."""
+    previous = _raw.simd_level()
+    level = _raw._set_simd(request.param)
+    if level != request.param:
+        _raw._set_simd(previous)
+        pytest.skip(f"this CPU cannot run the {request.param} loops")
+    yield level
+    _raw._set_simd(previous)
+
+
 NAMES = ["usage", "allocation"]
 EPS = 1e-6
 
@@ -90,6 +105,47 @@ def test_forward_and_backward_match_reference(name, B, N, R):
 def test_hypothesis_shapes_match_reference(name, B, N, R, ties, seed):
     rng = np.random.default_rng(seed)
     assert_matches_reference(name, make_inputs(name, rng, B, N, R, ties=ties), rng)
+
+
+# ---------------------------------------------------------------- usage loops: any N (partial
+# last vectors of 2 to 16 lanes), any R (more than 16 heads keep their prefix products in
+# the gradient rather than on the stack)
+
+@pytest.mark.parametrize("N", [1, 3, 9, 17, 31, 40])
+@pytest.mark.parametrize("R", [1, 2, 5, 16, 17, 23])
+def test_usage_any_slots_and_heads_match_reference(N, R):
+    rng = np.random.default_rng(500 + 50 * N + R)
+    assert_matches_reference("usage", make_inputs("usage", rng, 3, N, R), rng)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+@pytest.mark.parametrize("N,R", [(1, 1), (13, 4), (40, 17), (130, 3)])
+def test_usage_loops_of_every_level_agree_with_the_baseline(dtype, rtol, N, R):
+    """The versions differ in rounding only (FMA; the lanes of df's sums)."""
+    rng = np.random.default_rng(600 + N + R)
+    inputs = make_inputs("usage", rng, 2, N, R, dtype=dtype)
+    cotangent = rng.standard_normal((2, N)).astype(dtype)
+    previous = _raw.simd_level()
+    results = {}
+    try:
+        for level in _raw.simd_levels_supported():
+            assert _raw._set_simd(level) == level
+            out, grads = run_compiled("usage", inputs, cotangent)
+            results[level] = [out, *grads]
+    finally:
+        _raw._set_simd(previous)
+    for level, values in results.items():
+        for got, want in zip(values, results["baseline"]):
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.max(np.abs(want)))
+
+
+def test_simd_level_is_reported():
+    supported = _raw.simd_levels_supported()
+    assert supported == _raw.SIMD_LEVELS[:len(supported)]
+    previous = _raw.simd_level()
+    assert _raw._set_simd(False) == "baseline"
+    assert _raw._set_simd(True) == supported[-1]
+    _raw._set_simd(previous)
 
 
 # ---------------------------------------------------------------- allocation specifics
