@@ -1,0 +1,640 @@
+/*
+ * dmem: the loops of the memory read and write (one batch row at a time), used
+ * by dmem/_kernels/memory.pyx and, through memory.pxd, by the fused DNC step.
+ *
+ *     read:   r_h = Σ_n w_{h,n} M_n
+ *             dM_n = Σ_h w_{h,n} g_h,   dw_{h,n} = g_h · M_n
+ *     write:  M' = M ∘ Π_h q_h + Σ_h w_h a_hᵀ,   q_h = 1 − w_h e_hᵀ (per entry)
+ *             dM = g ∘ Π_h q_h,   t_h = g ∘ M ∘ Π_{h'≠h} q_{h'},
+ *             dw_h[n] = Σ_k (g[n,k] a_h[k] − e_h[k] t_h[n,k]),
+ *             de_h = −Σ_n w_h[n] t_h[n],   da_h = Σ_n w_h[n] g[n]
+ *
+ * How: a memory row (a word of W values) is cut into vectors of 16 bytes (the
+ * baseline version), 32 (AVX2/FMA) or 64 (AVX-512); the last vector of a row
+ * may be partial (AVX-512: masked loads and stores; the others: lane by lane),
+ * so W is arbitrary.  GCC/clang vector extensions; float stays float.
+ *
+ *   read forward:  the sums over slots live in registers: two heads by up to
+ *                  four vectors of the word at a time, one pass over the slots
+ *                  for each such block.
+ *   read backward: one pass over the slots; per slot, dM_n from every head,
+ *                  then dw_{h,n} for up to four heads at once.
+ *   write forward: per slot and vector of the word, every head in registers.
+ *   write backward: per slot, the suffix products Π_{h'>h} q_{h'} into the
+ *                  scratch rows, then one pass per head forming t_h, de_h, da_h
+ *                  and dw_h[n] together, the prefix product Π_{h'<h} q_{h'} kept
+ *                  in the slot's row of dM until dM replaces it.  No division
+ *                  by q (which can be 0).
+ *
+ * Order of the sums: a sum over slots or heads runs in index order, value by
+ * value, whatever the vector width; a sum over the word (dw) accumulates the
+ * word's vectors lane by lane in order, then adds the lanes in a fixed order.
+ * Results depend on the instruction set (lane counts, FMA), never on the
+ * thread count or the batch row.
+ *
+ * Runtime dispatch (as in addressing_simd.h): on x86 with GCC or clang every
+ * function is compiled three times: for the build's baseline ISA, with
+ * __attribute__((target("avx2,fma"))) and with AVX-512 F/VL/DQ as well.
+ * dmem_memory_set_simd(level) selects the versions, never above what the CPU
+ * supports; memory.pyx asks for the widest at import.  Compilers without
+ * vector extensions get scalar loops.
+ *
+ * The file includes itself once per (dtype, instruction set) with DMEM_MS_BODY
+ * defined, for the bodies of the functions.
+ */
+
+#ifndef DMEM_MS_BODY
+
+#ifndef DMEM_MEMORY_SIMD_H
+#define DMEM_MEMORY_SIMD_H
+
+#include <stddef.h>
+
+#if defined(__GNUC__)
+#define DMEM_MS_VECTORS 1
+#define DMEM_MS_INLINE static inline __attribute__((always_inline))
+#else
+#define DMEM_MS_VECTORS 0
+#define DMEM_MS_INLINE static inline
+#endif
+
+#if DMEM_MS_VECTORS && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
+#include <immintrin.h>
+#define DMEM_MS_X86 1
+#else
+#define DMEM_MS_X86 0
+#endif
+
+#if DMEM_MS_X86 && !defined(DMEM_NO_SIMD_DISPATCH)
+#define DMEM_MS_DISPATCH 1
+#else
+#define DMEM_MS_DISPATCH 0
+#endif
+
+#if DMEM_MS_VECTORS
+typedef double dmem_ms_d16 __attribute__((vector_size(16)));
+typedef double dmem_ms_d16u __attribute__((vector_size(16), aligned(sizeof(double)), may_alias));
+typedef float dmem_ms_f16 __attribute__((vector_size(16)));
+typedef float dmem_ms_f16u __attribute__((vector_size(16), aligned(sizeof(float)), may_alias));
+typedef double dmem_ms_d32 __attribute__((vector_size(32)));
+typedef double dmem_ms_d32u __attribute__((vector_size(32), aligned(sizeof(double)), may_alias));
+typedef float dmem_ms_f32 __attribute__((vector_size(32)));
+typedef float dmem_ms_f32u __attribute__((vector_size(32), aligned(sizeof(float)), may_alias));
+typedef double dmem_ms_d64 __attribute__((vector_size(64)));
+typedef double dmem_ms_d64u __attribute__((vector_size(64), aligned(sizeof(double)), may_alias));
+typedef float dmem_ms_f64 __attribute__((vector_size(64)));
+typedef float dmem_ms_f64u __attribute__((vector_size(64), aligned(sizeof(float)), may_alias));
+#endif
+
+#define DMEM_MS_CAT_(a, b, c) dmem_ms_##a##_##b##_##c
+#define DMEM_MS_CAT(a, b, c) DMEM_MS_CAT_(a, b, c)
+
+/* ---- baseline (16-byte vectors; scalars without vector extensions) ---- */
+#define DMEM_MS_BODY 1
+#define DMEM_MS_ATTR
+#define DMEM_MS_ISA base
+#define DMEM_MS_T double
+#define DMEM_MS_SUFFIX d
+#define DMEM_MS_DOUBLE 1
+#if DMEM_MS_VECTORS
+#define DMEM_MS_L 2
+#define DMEM_MS_VT dmem_ms_d16
+#define DMEM_MS_VTU dmem_ms_d16u
+#else
+#define DMEM_MS_L 1
+#define DMEM_MS_VT double
+#define DMEM_MS_VTU double
+#endif
+#include "memory_simd.h"
+#define DMEM_MS_T float
+#define DMEM_MS_SUFFIX f
+#define DMEM_MS_DOUBLE 0
+#if DMEM_MS_VECTORS
+#define DMEM_MS_L 4
+#define DMEM_MS_VT dmem_ms_f16
+#define DMEM_MS_VTU dmem_ms_f16u
+#else
+#define DMEM_MS_L 1
+#define DMEM_MS_VT float
+#define DMEM_MS_VTU float
+#endif
+#include "memory_simd.h"
+#undef DMEM_MS_ATTR
+#undef DMEM_MS_ISA
+
+#if DMEM_MS_DISPATCH
+/* ---- AVX2 + FMA ---- */
+#define DMEM_MS_ATTR __attribute__((target("avx2,fma")))
+#define DMEM_MS_ISA avx2
+#define DMEM_MS_T double
+#define DMEM_MS_SUFFIX d
+#define DMEM_MS_DOUBLE 1
+#define DMEM_MS_L 4
+#define DMEM_MS_VT dmem_ms_d32
+#define DMEM_MS_VTU dmem_ms_d32u
+#include "memory_simd.h"
+#define DMEM_MS_T float
+#define DMEM_MS_SUFFIX f
+#define DMEM_MS_DOUBLE 0
+#define DMEM_MS_L 8
+#define DMEM_MS_VT dmem_ms_f32
+#define DMEM_MS_VTU dmem_ms_f32u
+#include "memory_simd.h"
+#undef DMEM_MS_ATTR
+#undef DMEM_MS_ISA
+
+/* ---- AVX-512 (F, VL, DQ) + FMA: masked loads and stores for a partial vector ---- */
+#define DMEM_MS_ATTR __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define DMEM_MS_ISA avx512
+#define DMEM_MS_MASKED 1
+#define DMEM_MS_T double
+#define DMEM_MS_SUFFIX d
+#define DMEM_MS_DOUBLE 1
+#define DMEM_MS_L 8
+#define DMEM_MS_VT dmem_ms_d64
+#define DMEM_MS_VTU dmem_ms_d64u
+#include "memory_simd.h"
+#define DMEM_MS_T float
+#define DMEM_MS_SUFFIX f
+#define DMEM_MS_DOUBLE 0
+#define DMEM_MS_L 16
+#define DMEM_MS_VT dmem_ms_f64
+#define DMEM_MS_VTU dmem_ms_f64u
+#include "memory_simd.h"
+#undef DMEM_MS_ATTR
+#undef DMEM_MS_ISA
+#undef DMEM_MS_MASKED
+#endif
+#undef DMEM_MS_BODY
+
+/* ---- dispatch ---- */
+
+/* 2 when the AVX-512 versions run, 1 for AVX2/FMA, 0 for the baseline. */
+static int dmem_memory_simd = 0;
+
+/* The best level this CPU supports: 2 (AVX-512 F/VL/DQ, AVX2 and FMA), 1
+ * (AVX2 and FMA) or 0. */
+static int dmem_memory_simd_supported(void)
+{
+#if DMEM_MS_DISPATCH
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512dq"))
+        return 2;
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Select the versions to run: the level asked for (0, 1 or 2), or the best
+ * supported one below it.  Returns the level in force. */
+static int dmem_memory_set_simd(int level)
+{
+    int best = dmem_memory_simd_supported();
+    dmem_memory_simd = level < 0 ? 0 : (level > best ? best : level);
+    return dmem_memory_simd;
+}
+
+static int dmem_memory_get_simd(void) { return dmem_memory_simd; }
+
+#if DMEM_MS_DISPATCH
+#define DMEM_MS_CALL(name, suffix, args)                                  \
+    (dmem_memory_simd == 2 ? DMEM_MS_CAT(name, suffix, avx512) args      \
+     : dmem_memory_simd == 1 ? DMEM_MS_CAT(name, suffix, avx2) args      \
+     : DMEM_MS_CAT(name, suffix, base) args)
+#else
+#define DMEM_MS_CALL(name, suffix, args) (DMEM_MS_CAT(name, suffix, base) args)
+#endif
+
+/* One batch row of each op; arguments as in memory.pyx (row-major (N, W),
+ * (H, N), (H, W) blocks).  `scratch` of the write backward is (H + 1) x W. */
+#define DMEM_MS_ENTRY(T, s)                                                              \
+static void dmem_memory_read_##s(const T *memory, const T *weights, T *reads,           \
+                                 Py_ssize_t n, Py_ssize_t h, Py_ssize_t w)               \
+{                                                                                        \
+    DMEM_MS_CALL(read, s, (memory, weights, reads, n, h, w));                            \
+}                                                                                        \
+static void dmem_memory_read_backward_##s(const T *memory, const T *weights,            \
+                                          const T *grad_reads, T *grad_memory,           \
+                                          T *grad_weights, Py_ssize_t n, Py_ssize_t h,   \
+                                          Py_ssize_t w)                                  \
+{                                                                                        \
+    DMEM_MS_CALL(read_backward, s, (memory, weights, grad_reads, grad_memory,           \
+                                    grad_weights, n, h, w));                             \
+}                                                                                        \
+static void dmem_memory_write_##s(const T *memory, const T *weights, const T *erase,    \
+                                  const T *add, T *out, Py_ssize_t n, Py_ssize_t h,      \
+                                  Py_ssize_t w)                                          \
+{                                                                                        \
+    DMEM_MS_CALL(write, s, (memory, weights, erase, add, out, n, h, w));                 \
+}                                                                                        \
+static void dmem_memory_write_backward_##s(const T *memory, const T *weights,           \
+                                           const T *erase, const T *add,                 \
+                                           const T *grad_out, T *grad_memory,            \
+                                           T *grad_weights, T *grad_erase, T *grad_add,  \
+                                           T *scratch, Py_ssize_t n, Py_ssize_t h,       \
+                                           Py_ssize_t w)                                 \
+{                                                                                        \
+    DMEM_MS_CALL(write_backward, s, (memory, weights, erase, add, grad_out, grad_memory, \
+                                     grad_weights, grad_erase, grad_add, scratch, n, h,  \
+                                     w));                                                \
+}
+DMEM_MS_ENTRY(double, d)
+DMEM_MS_ENTRY(float, f)
+#undef DMEM_MS_ENTRY
+
+#endif /* DMEM_MEMORY_SIMD_H */
+
+#else /* DMEM_MS_BODY: the functions of one (dtype, instruction set) */
+
+#define T_ DMEM_MS_T
+#define VT_ DMEM_MS_VT
+#define L_ DMEM_MS_L
+#define FN(name) DMEM_MS_CAT(name, DMEM_MS_SUFFIX, DMEM_MS_ISA)
+#define ATTR_INLINE DMEM_MS_ATTR DMEM_MS_INLINE
+
+ATTR_INLINE VT_ FN(ld)(const T_ *p) { return *(const DMEM_MS_VTU *)p; }
+
+ATTR_INLINE void FN(st)(T_ *p, VT_ v) { *(DMEM_MS_VTU *)p = v; }
+
+ATTR_INLINE VT_ FN(splat)(T_ x) { return x - (VT_){0}; }
+
+/* The first r (0 < r < L_) values at p; the other lanes 0. */
+ATTR_INLINE VT_ FN(ldp)(const T_ *p, Py_ssize_t r)
+{
+#if L_ == 1
+    (void)r;
+    return *p;
+#elif defined(DMEM_MS_MASKED) && L_ == 8
+    return (VT_)_mm512_maskz_loadu_pd((__mmask8)((1u << r) - 1u), (const void *)p);
+#elif defined(DMEM_MS_MASKED)
+    return (VT_)_mm512_maskz_loadu_ps((__mmask16)((1u << r) - 1u), (const void *)p);
+#else
+    VT_ v = {0};
+    for (Py_ssize_t i = 0; i < r; i++)
+        v[i] = p[i];
+    return v;
+#endif
+}
+
+/* Store the first r (0 < r < L_) lanes of v at p. */
+ATTR_INLINE void FN(stp)(T_ *p, VT_ v, Py_ssize_t r)
+{
+#if L_ == 1
+    (void)r;
+    *p = v;
+#elif defined(DMEM_MS_MASKED) && L_ == 8
+    _mm512_mask_storeu_pd((void *)p, (__mmask8)((1u << r) - 1u), (__m512d)v);
+#elif defined(DMEM_MS_MASKED)
+    _mm512_mask_storeu_ps((void *)p, (__mmask16)((1u << r) - 1u), (__m512)v);
+#else
+    for (Py_ssize_t i = 0; i < r; i++)
+        p[i] = v[i];
+#endif
+}
+
+/* Sum of the lanes, halves added pairwise (a fixed order: lane i + lane
+ * i + L/2, and so on down to one lane). */
+ATTR_INLINE T_ FN(hsum)(VT_ v)
+{
+#if L_ == 1
+    return v;
+#elif DMEM_MS_X86 && L_ == 8 && DMEM_MS_DOUBLE
+    __m256d x = _mm256_add_pd(_mm512_castpd512_pd256((__m512d)v),
+                              _mm512_extractf64x4_pd((__m512d)v, 1));
+    __m128d y = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(y, _mm_unpackhi_pd(y, y)));
+#elif DMEM_MS_X86 && L_ == 4 && DMEM_MS_DOUBLE
+    __m128d y = _mm_add_pd(_mm256_castpd256_pd128((__m256d)v),
+                           _mm256_extractf128_pd((__m256d)v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(y, _mm_unpackhi_pd(y, y)));
+#elif DMEM_MS_X86 && L_ == 2 && DMEM_MS_DOUBLE
+    __m128d y = (__m128d)v;
+    return _mm_cvtsd_f64(_mm_add_sd(y, _mm_unpackhi_pd(y, y)));
+#elif DMEM_MS_X86 && !DMEM_MS_DOUBLE
+    __m128 y;
+#if L_ == 16
+    __m512d d = _mm512_castps_pd((__m512)v);
+    __m256 x = _mm256_add_ps(_mm256_castpd_ps(_mm512_castpd512_pd256(d)),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(d, 1)));
+    y = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+#elif L_ == 8
+    y = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+#else
+    y = (__m128)v;
+#endif
+    y = _mm_add_ps(y, _mm_movehl_ps(y, y));
+    return _mm_cvtss_f32(_mm_add_ss(y, _mm_shuffle_ps(y, y, 1)));
+#else
+    T_ a[L_];
+    for (int i = 0; i < L_; i++)
+        a[i] = v[i];
+    for (int half = L_ / 2; half >= 1; half /= 2)
+        for (int i = 0; i < half; i++)
+            a[i] = a[i] + a[i + half];
+    return a[0];
+#endif
+}
+
+/* Vector j of a block: full, or partial (the last of the row) when part. */
+#define LDJ(p, j, nb, part, r) (((part) && (j) == (nb) - 1) ? FN(ldp)(p, r) : FN(ld)(p))
+#define STJ(p, v, j, nb, part, r) \
+    do { if ((part) && (j) == (nb) - 1) FN(stp)(p, v, r); else FN(st)(p, v); } while (0)
+
+/* ---- read ---- */
+
+/* reads of heads 0..nh-1 (nh <= 2) at the nb (<= 4) vectors from value c of
+ * the word, the last one of r values when part. */
+ATTR_INLINE void FN(read_block)(const T_ *memory, const T_ *weights, T_ *reads,
+                                Py_ssize_t n, Py_ssize_t w, Py_ssize_t c, const int nh,
+                                const int nb, const int part, Py_ssize_t r)
+{
+    VT_ acc[2][4];
+    for (int i = 0; i < nh; i++)
+        for (int j = 0; j < nb; j++)
+            acc[i][j] = (VT_){0};
+    for (Py_ssize_t s = 0; s < n; s++) {
+        const T_ *row = memory + s * w + c;
+        VT_ x[4];
+        for (int j = 0; j < nb; j++)
+            x[j] = LDJ(row + j * L_, j, nb, part, r);
+        for (int i = 0; i < nh; i++) {
+            VT_ ws = FN(splat)(weights[i * n + s]);
+            for (int j = 0; j < nb; j++)
+                acc[i][j] += ws * x[j];
+        }
+    }
+    for (int i = 0; i < nh; i++)
+        for (int j = 0; j < nb; j++)
+            STJ(reads + i * w + c + j * L_, acc[i][j], j, nb, part, r);
+}
+
+DMEM_MS_ATTR static void FN(read)(const T_ *memory, const T_ *weights, T_ *reads,
+                                  Py_ssize_t n, Py_ssize_t h, Py_ssize_t w)
+{
+    Py_ssize_t r = w % L_, nc = w / L_ + (r > 0);
+    for (Py_ssize_t h0 = 0; h0 < h; h0 += 2) {
+        int nh = h - h0 >= 2 ? 2 : 1;
+        for (Py_ssize_t j0 = 0; j0 < nc; j0 += 4) {
+            int nb = nc - j0 >= 4 ? 4 : (int)(nc - j0);
+            int part = r > 0 && j0 + nb == nc;
+            const T_ *wh = weights + h0 * n;
+            T_ *out = reads + h0 * w;
+            Py_ssize_t c = j0 * L_;
+#define DMEM_MS_READ_CASE(NH, NB, P) \
+            case NH * 100 + NB * 10 + P: \
+                FN(read_block)(memory, wh, out, n, w, c, NH, NB, P, r); break;
+            switch (nh * 100 + nb * 10 + part) {
+            DMEM_MS_READ_CASE(1, 1, 0) DMEM_MS_READ_CASE(1, 2, 0)
+            DMEM_MS_READ_CASE(1, 3, 0) DMEM_MS_READ_CASE(1, 4, 0)
+            DMEM_MS_READ_CASE(1, 1, 1) DMEM_MS_READ_CASE(1, 2, 1)
+            DMEM_MS_READ_CASE(1, 3, 1) DMEM_MS_READ_CASE(1, 4, 1)
+            DMEM_MS_READ_CASE(2, 1, 0) DMEM_MS_READ_CASE(2, 2, 0)
+            DMEM_MS_READ_CASE(2, 3, 0) DMEM_MS_READ_CASE(2, 4, 0)
+            DMEM_MS_READ_CASE(2, 1, 1) DMEM_MS_READ_CASE(2, 2, 1)
+            DMEM_MS_READ_CASE(2, 3, 1) DMEM_MS_READ_CASE(2, 4, 1)
+            default: break;
+            }
+#undef DMEM_MS_READ_CASE
+        }
+    }
+}
+
+/* dw of heads 0..nh-1 (nh <= 4) at slot `row`: g_h · M_n into out[i * n]. */
+ATTR_INLINE void FN(read_dots)(const T_ *row, const T_ *grad_reads, T_ *out, Py_ssize_t n,
+                               Py_ssize_t w, const int nh, Py_ssize_t nfull, Py_ssize_t r)
+{
+    VT_ acc[4];
+    for (int i = 0; i < nh; i++)
+        acc[i] = (VT_){0};
+    for (Py_ssize_t j = 0; j < nfull; j++) {
+        VT_ x = FN(ld)(row + j * L_);
+        for (int i = 0; i < nh; i++)
+            acc[i] += FN(ld)(grad_reads + i * w + j * L_) * x;
+    }
+    if (r > 0) {
+        VT_ x = FN(ldp)(row + nfull * L_, r);
+        for (int i = 0; i < nh; i++)
+            acc[i] += FN(ldp)(grad_reads + i * w + nfull * L_, r) * x;
+    }
+    for (int i = 0; i < nh; i++)
+        out[i * n] = FN(hsum)(acc[i]);
+}
+
+/* dM_n at vector c of the word: Σ_h w_{h,n} g_h, heads in order. */
+ATTR_INLINE VT_ FN(read_grad_memory)(const T_ *weights, const T_ *grad_reads, Py_ssize_t n,
+                                     Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+                                     const int part, Py_ssize_t r)
+{
+    VT_ g = part ? FN(ldp)(grad_reads + c, r) : FN(ld)(grad_reads + c);
+    VT_ acc = FN(splat)(weights[0]) * g;
+    for (Py_ssize_t i = 1; i < h; i++) {
+        g = part ? FN(ldp)(grad_reads + i * w + c, r) : FN(ld)(grad_reads + i * w + c);
+        acc += FN(splat)(weights[i * n]) * g;
+    }
+    return acc;
+}
+
+DMEM_MS_ATTR static void FN(read_backward)(const T_ *memory, const T_ *weights,
+                                           const T_ *grad_reads, T_ *grad_memory,
+                                           T_ *grad_weights, Py_ssize_t n, Py_ssize_t h,
+                                           Py_ssize_t w)
+{
+    Py_ssize_t r = w % L_, nfull = w / L_;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        const T_ *row = memory + s * w;
+        T_ *dm = grad_memory + s * w;
+        for (Py_ssize_t j = 0; j < nfull; j++)
+            FN(st)(dm + j * L_, FN(read_grad_memory)(weights + s, grad_reads, n, h, w,
+                                                     j * L_, 0, r));
+        if (r > 0)
+            FN(stp)(dm + nfull * L_, FN(read_grad_memory)(weights + s, grad_reads, n, h, w,
+                                                          nfull * L_, 1, r), r);
+        for (Py_ssize_t h0 = 0; h0 < h; h0 += 4) {
+            const T_ *g = grad_reads + h0 * w;
+            T_ *out = grad_weights + h0 * n + s;
+            switch (h - h0 >= 4 ? 4 : (int)(h - h0)) {
+            case 4: FN(read_dots)(row, g, out, n, w, 4, nfull, r); break;
+            case 3: FN(read_dots)(row, g, out, n, w, 3, nfull, r); break;
+            case 2: FN(read_dots)(row, g, out, n, w, 2, nfull, r); break;
+            default: FN(read_dots)(row, g, out, n, w, 1, nfull, r); break;
+            }
+        }
+    }
+}
+
+/* ---- write ---- */
+
+/* out at slot s, vector c of the word: M ∘ Π_h q_h + Σ_h w_h a_h, heads in order. */
+ATTR_INLINE void FN(write_vector)(const T_ *memory, const T_ *weights, const T_ *erase,
+                                  const T_ *add, T_ *out, Py_ssize_t n, Py_ssize_t h,
+                                  Py_ssize_t w, Py_ssize_t s, Py_ssize_t c, const int part,
+                                  Py_ssize_t r)
+{
+    const VT_ one = FN(splat)(1);
+    VT_ m = part ? FN(ldp)(memory + s * w + c, r) : FN(ld)(memory + s * w + c);
+    VT_ e = part ? FN(ldp)(erase + c, r) : FN(ld)(erase + c);
+    VT_ o = m * (one - FN(splat)(weights[s]) * e);
+    for (Py_ssize_t i = 1; i < h; i++) {
+        e = part ? FN(ldp)(erase + i * w + c, r) : FN(ld)(erase + i * w + c);
+        o *= one - FN(splat)(weights[i * n + s]) * e;
+    }
+    for (Py_ssize_t i = 0; i < h; i++) {
+        VT_ a = part ? FN(ldp)(add + i * w + c, r) : FN(ld)(add + i * w + c);
+        o += FN(splat)(weights[i * n + s]) * a;
+    }
+    if (part)
+        FN(stp)(out + s * w + c, o, r);
+    else
+        FN(st)(out + s * w + c, o);
+}
+
+DMEM_MS_ATTR static void FN(write)(const T_ *memory, const T_ *weights, const T_ *erase,
+                                   const T_ *add, T_ *out, Py_ssize_t n, Py_ssize_t h,
+                                   Py_ssize_t w)
+{
+    Py_ssize_t r = w % L_, nfull = w / L_;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        for (Py_ssize_t j = 0; j < nfull; j++)
+            FN(write_vector)(memory, weights, erase, add, out, n, h, w, s, j * L_, 0, r);
+        if (r > 0)
+            FN(write_vector)(memory, weights, erase, add, out, n, h, w, s, nfull * L_, 1, r);
+    }
+}
+
+/* Suffix products of slot s at vector c: scratch row i-1 = Π_{h'>=i} q_{h'}
+ * for i = h-1 .. 1 (the last head needs none). */
+ATTR_INLINE void FN(write_suffix)(const T_ *weights, const T_ *erase, T_ *scratch,
+                                  Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t s,
+                                  Py_ssize_t c, const int part, Py_ssize_t r)
+{
+    const VT_ one = FN(splat)(1);
+    VT_ p = one;
+    for (Py_ssize_t i = h - 1; i > 0; i--) {
+        VT_ e = part ? FN(ldp)(erase + i * w + c, r) : FN(ld)(erase + i * w + c);
+        p *= one - FN(splat)(weights[i * n + s]) * e;
+        if (part)
+            FN(stp)(scratch + (i - 1) * w + c, p, r);
+        else
+            FN(st)(scratch + (i - 1) * w + c, p);
+    }
+}
+
+/* Head i of slot s at vector c: t = g ∘ M ∘ (prefix ∘ suffix), de -= w t,
+ * da += w g, returns the lanes of g a − e t; updates the prefix in dm (the
+ * first head sets it, the last one replaces it by dM = g ∘ Π q). */
+ATTR_INLINE VT_ FN(write_head)(const T_ *m_row, const T_ *g_row, const T_ *e, const T_ *a,
+                               const T_ *suffix, T_ *dm, T_ *de, T_ *da, T_ ws,
+                               const int first, const int last, const int part,
+                               Py_ssize_t r)
+{
+#define LD_(p) (part ? FN(ldp)(p, r) : FN(ld)(p))
+    const VT_ one = FN(splat)(1);
+    VT_ wv = FN(splat)(ws);
+    VT_ g = LD_(g_row), ev = LD_(e);
+    VT_ q = one - wv * ev;
+    VT_ t = g * LD_(m_row);
+    VT_ pre = first ? q : LD_(dm);
+    if (!first && !last)
+        t = t * (pre * LD_(suffix));
+    else if (!first)
+        t = t * pre;
+    else if (!last)
+        t = t * LD_(suffix);
+    VT_ next = first ? q : pre * q;
+    if (last)
+        next = g * next;
+    VT_ dev = LD_(de) - wv * t;
+    VT_ dav = LD_(da) + wv * g;
+    VT_ dw = g * LD_(a) - ev * t;
+#undef LD_
+    if (part) {
+        FN(stp)(dm, next, r);
+        FN(stp)(de, dev, r);
+        FN(stp)(da, dav, r);
+    } else {
+        FN(st)(dm, next);
+        FN(st)(de, dev);
+        FN(st)(da, dav);
+    }
+    return dw;
+}
+
+/* One head of slot s over the word; returns dw_h[s]. */
+ATTR_INLINE T_ FN(write_head_row)(const T_ *m_row, const T_ *g_row, const T_ *e, const T_ *a,
+                                  const T_ *suffix, T_ *dm, T_ *de, T_ *da, T_ ws,
+                                  const int first, const int last, Py_ssize_t nfull,
+                                  Py_ssize_t r)
+{
+    VT_ acc = {0};
+    for (Py_ssize_t j = 0; j < nfull; j++) {
+        Py_ssize_t c = j * L_;
+        acc += FN(write_head)(m_row + c, g_row + c, e + c, a + c, suffix + c, dm + c, de + c,
+                              da + c, ws, first, last, 0, r);
+    }
+    if (r > 0) {
+        Py_ssize_t c = nfull * L_;
+        acc += FN(write_head)(m_row + c, g_row + c, e + c, a + c, suffix + c, dm + c, de + c,
+                              da + c, ws, first, last, 1, r);
+    }
+    return FN(hsum)(acc);
+}
+
+DMEM_MS_ATTR static void FN(write_backward)(const T_ *memory, const T_ *weights,
+                                            const T_ *erase, const T_ *add,
+                                            const T_ *grad_out, T_ *grad_memory,
+                                            T_ *grad_weights, T_ *grad_erase, T_ *grad_add,
+                                            T_ *scratch, Py_ssize_t n, Py_ssize_t h,
+                                            Py_ssize_t w)
+{
+    Py_ssize_t r = w % L_, nfull = w / L_;
+    for (Py_ssize_t k = 0; k < h * w; k++) {
+        grad_erase[k] = 0;
+        grad_add[k] = 0;
+    }
+    for (Py_ssize_t s = 0; s < n; s++) {
+        const T_ *m_row = memory + s * w, *g_row = grad_out + s * w;
+        T_ *dm = grad_memory + s * w;
+        for (Py_ssize_t j = 0; j < nfull; j++)
+            FN(write_suffix)(weights, erase, scratch, n, h, w, s, j * L_, 0, r);
+        if (r > 0)
+            FN(write_suffix)(weights, erase, scratch, n, h, w, s, nfull * L_, 1, r);
+        for (Py_ssize_t i = 0; i < h; i++) {
+            const T_ *e = erase + i * w, *a = add + i * w, *suffix = scratch + i * w;
+            T_ *de = grad_erase + i * w, *da = grad_add + i * w;
+            T_ ws = weights[i * n + s], dw;
+            if (h == 1)
+                dw = FN(write_head_row)(m_row, g_row, e, a, suffix, dm, de, da, ws, 1, 1,
+                                        nfull, r);
+            else if (i == 0)
+                dw = FN(write_head_row)(m_row, g_row, e, a, suffix, dm, de, da, ws, 1, 0,
+                                        nfull, r);
+            else if (i == h - 1)
+                dw = FN(write_head_row)(m_row, g_row, e, a, suffix, dm, de, da, ws, 0, 1,
+                                        nfull, r);
+            else
+                dw = FN(write_head_row)(m_row, g_row, e, a, suffix, dm, de, da, ws, 0, 0,
+                                        nfull, r);
+            grad_weights[i * n + s] = dw;
+        }
+    }
+}
+
+#undef LDJ
+#undef STJ
+#undef ATTR_INLINE
+#undef FN
+#undef T_
+#undef VT_
+#undef L_
+#undef DMEM_MS_T
+#undef DMEM_MS_SUFFIX
+#undef DMEM_MS_DOUBLE
+#undef DMEM_MS_L
+#undef DMEM_MS_VT
+#undef DMEM_MS_VTU
+
+#endif /* DMEM_MS_BODY */
