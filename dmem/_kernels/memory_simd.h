@@ -438,12 +438,70 @@ ATTR_INLINE VT_ FN(read_grad_memory)(const T_ *weights, const T_ *grad_reads, Py
     return acc;
 }
 
+/* Slot s of a batch row with nh (<= 4) heads, in one pass over the word: dM_s
+ * (heads in order) and the lanes of g_h · M_s into acc[h]. */
+ATTR_INLINE void FN(read_backward_vector)(const T_ *row, const T_ *grad_reads, T_ *dm,
+                                          const VT_ *wv, Py_ssize_t w, Py_ssize_t c,
+                                          const int nh, const int part, Py_ssize_t r,
+                                          VT_ *acc)
+{
+#define LD_(p) (part ? FN(ldp)(p, r) : FN(ld)(p))
+    VT_ x = LD_(row + c), g = LD_(grad_reads + c);
+    VT_ sum = wv[0] * g;
+    acc[0] += g * x;
+    for (int i = 1; i < nh; i++) {
+        g = LD_(grad_reads + i * w + c);
+        sum += wv[i] * g;
+        acc[i] += g * x;
+    }
+    if (part)
+        FN(stp)(dm + c, sum, r);
+    else
+        FN(st)(dm + c, sum);
+#undef LD_
+}
+
+ATTR_INLINE void FN(read_backward_heads)(const T_ *memory, const T_ *weights,
+                                         const T_ *grad_reads, T_ *grad_memory,
+                                         T_ *grad_weights, Py_ssize_t n, Py_ssize_t w,
+                                         const int nh)
+{
+    Py_ssize_t r = w % L_, nfull = w / L_;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        VT_ wv[4], acc[4];
+        for (int i = 0; i < nh; i++) {
+            wv[i] = FN(splat)(weights[i * n + s]);
+            acc[i] = (VT_){0};
+        }
+        for (Py_ssize_t j = 0; j < nfull; j++)
+            FN(read_backward_vector)(memory + s * w, grad_reads, grad_memory + s * w, wv, w,
+                                     j * L_, nh, 0, r, acc);
+        if (r > 0)
+            FN(read_backward_vector)(memory + s * w, grad_reads, grad_memory + s * w, wv, w,
+                                     nfull * L_, nh, 1, r, acc);
+        for (int i = 0; i < nh; i++)
+            grad_weights[i * n + s] = FN(hsum)(acc[i]);
+    }
+}
+
 DMEM_MS_ATTR static void FN(read_backward)(const T_ *memory, const T_ *weights,
                                            const T_ *grad_reads, T_ *grad_memory,
                                            T_ *grad_weights, Py_ssize_t n, Py_ssize_t h,
                                            Py_ssize_t w)
 {
     Py_ssize_t r = w % L_, nfull = w / L_;
+    switch (h) {
+    case 1: FN(read_backward_heads)(memory, weights, grad_reads, grad_memory, grad_weights,
+                                    n, w, 1); return;
+    case 2: FN(read_backward_heads)(memory, weights, grad_reads, grad_memory, grad_weights,
+                                    n, w, 2); return;
+    case 3: FN(read_backward_heads)(memory, weights, grad_reads, grad_memory, grad_weights,
+                                    n, w, 3); return;
+    case 4: FN(read_backward_heads)(memory, weights, grad_reads, grad_memory, grad_weights,
+                                    n, w, 4); return;
+    default: break;
+    }
+    /* more than four heads: dM_s, then the dots four heads at a time */
     for (Py_ssize_t s = 0; s < n; s++) {
         const T_ *row = memory + s * w;
         T_ *dm = grad_memory + s * w;
@@ -492,11 +550,55 @@ ATTR_INLINE void FN(write_vector)(const T_ *memory, const T_ *weights, const T_ 
         FN(st)(out + s * w + c, o);
 }
 
+/* Slot s with nh (<= 4) heads, the weights in registers (wv). */
+ATTR_INLINE void FN(write_heads_vector)(const T_ *m_row, const VT_ *wv, const T_ *erase,
+                                        const T_ *add, T_ *o_row, Py_ssize_t w, Py_ssize_t c,
+                                        const int nh, const int part, Py_ssize_t r)
+{
+#define LD_(p) (part ? FN(ldp)(p, r) : FN(ld)(p))
+    const VT_ one = FN(splat)(1);
+    VT_ o = LD_(m_row + c) * (one - wv[0] * LD_(erase + c));
+    for (int i = 1; i < nh; i++)
+        o *= one - wv[i] * LD_(erase + i * w + c);
+    for (int i = 0; i < nh; i++)
+        o += wv[i] * LD_(add + i * w + c);
+    if (part)
+        FN(stp)(o_row + c, o, r);
+    else
+        FN(st)(o_row + c, o);
+#undef LD_
+}
+
+ATTR_INLINE void FN(write_heads)(const T_ *memory, const T_ *weights, const T_ *erase,
+                                 const T_ *add, T_ *out, Py_ssize_t n, Py_ssize_t w,
+                                 const int nh)
+{
+    Py_ssize_t r = w % L_, nfull = w / L_;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        VT_ wv[4];
+        for (int i = 0; i < nh; i++)
+            wv[i] = FN(splat)(weights[i * n + s]);
+        for (Py_ssize_t j = 0; j < nfull; j++)
+            FN(write_heads_vector)(memory + s * w, wv, erase, add, out + s * w, w, j * L_, nh,
+                                   0, r);
+        if (r > 0)
+            FN(write_heads_vector)(memory + s * w, wv, erase, add, out + s * w, w, nfull * L_,
+                                   nh, 1, r);
+    }
+}
+
 DMEM_MS_ATTR static void FN(write)(const T_ *memory, const T_ *weights, const T_ *erase,
                                    const T_ *add, T_ *out, Py_ssize_t n, Py_ssize_t h,
                                    Py_ssize_t w)
 {
     Py_ssize_t r = w % L_, nfull = w / L_;
+    switch (h) {
+    case 1: FN(write_heads)(memory, weights, erase, add, out, n, w, 1); return;
+    case 2: FN(write_heads)(memory, weights, erase, add, out, n, w, 2); return;
+    case 3: FN(write_heads)(memory, weights, erase, add, out, n, w, 3); return;
+    case 4: FN(write_heads)(memory, weights, erase, add, out, n, w, 4); return;
+    default: break;
+    }
     for (Py_ssize_t s = 0; s < n; s++) {
         for (Py_ssize_t j = 0; j < nfull; j++)
             FN(write_vector)(memory, weights, erase, add, out, n, h, w, s, j * L_, 0, r);
@@ -583,6 +685,76 @@ ATTR_INLINE T_ FN(write_head_row)(const T_ *m_row, const T_ *g_row, const T_ *e,
     return FN(hsum)(acc);
 }
 
+/* All nh (<= 4) heads of slot s at vector c, in registers: q_h, the suffix
+ * and prefix products, t_h; updates de_h, da_h, writes dM and adds the lanes
+ * of g a_h − e_h t_h to acc[h].  The same operations, in the same order, as
+ * write_head over the heads. */
+ATTR_INLINE void FN(write_backward_vector)(const T_ *m_row, const T_ *g_row, const T_ *weights,
+                                           const T_ *erase, const T_ *add, T_ *dm, T_ *de,
+                                           T_ *da, Py_ssize_t n, Py_ssize_t w, Py_ssize_t c,
+                                           const int nh, const int part, Py_ssize_t r,
+                                           VT_ *acc)
+{
+#define LD_(p) (part ? FN(ldp)(p, r) : FN(ld)(p))
+#define ST_(p, v) do { if (part) FN(stp)(p, v, r); else FN(st)(p, v); } while (0)
+    const VT_ one = FN(splat)(1);
+    VT_ wv[4], e[4], q[4], suffix[4], pre = one;
+    VT_ g = LD_(g_row + c), gm = g * LD_(m_row + c);
+    for (int i = 0; i < nh; i++) {
+        wv[i] = FN(splat)(weights[i * n]);
+        e[i] = LD_(erase + i * w + c);
+        q[i] = one - wv[i] * e[i];
+    }
+    {
+        VT_ p = one;
+        for (int i = nh - 1; i > 0; i--) {
+            p *= q[i];
+            suffix[i - 1] = p;
+        }
+    }
+    for (int i = 0; i < nh; i++) {
+        VT_ t = gm;
+        if (i > 0 && i < nh - 1)
+            t = t * (pre * suffix[i]);
+        else if (i > 0)
+            t = t * pre;
+        else if (i < nh - 1)
+            t = t * suffix[0];
+        pre = i == 0 ? q[0] : pre * q[i];
+        ST_(de + i * w + c, LD_(de + i * w + c) - wv[i] * t);
+        ST_(da + i * w + c, LD_(da + i * w + c) + wv[i] * g);
+        acc[i] += g * LD_(add + i * w + c) - e[i] * t;
+    }
+    ST_(dm + c, g * pre);
+#undef LD_
+#undef ST_
+}
+
+/* The write backward of a batch row with nh (<= 4) heads: slot by slot, the
+ * word vector by vector, every head in registers. */
+ATTR_INLINE void FN(write_backward_heads)(const T_ *memory, const T_ *weights, const T_ *erase,
+                                          const T_ *add, const T_ *grad_out, T_ *grad_memory,
+                                          T_ *grad_weights, T_ *grad_erase, T_ *grad_add,
+                                          Py_ssize_t n, Py_ssize_t w, const int nh)
+{
+    Py_ssize_t r = w % L_, nfull = w / L_;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        const T_ *m_row = memory + s * w, *g_row = grad_out + s * w;
+        T_ *dm = grad_memory + s * w;
+        VT_ acc[4];
+        for (int i = 0; i < nh; i++)
+            acc[i] = (VT_){0};
+        for (Py_ssize_t j = 0; j < nfull; j++)
+            FN(write_backward_vector)(m_row, g_row, weights + s, erase, add, dm, grad_erase,
+                                      grad_add, n, w, j * L_, nh, 0, r, acc);
+        if (r > 0)
+            FN(write_backward_vector)(m_row, g_row, weights + s, erase, add, dm, grad_erase,
+                                      grad_add, n, w, nfull * L_, nh, 1, r, acc);
+        for (int i = 0; i < nh; i++)
+            grad_weights[i * n + s] = FN(hsum)(acc[i]);
+    }
+}
+
 DMEM_MS_ATTR static void FN(write_backward)(const T_ *memory, const T_ *weights,
                                             const T_ *erase, const T_ *add,
                                             const T_ *grad_out, T_ *grad_memory,
@@ -595,6 +767,18 @@ DMEM_MS_ATTR static void FN(write_backward)(const T_ *memory, const T_ *weights,
         grad_erase[k] = 0;
         grad_add[k] = 0;
     }
+    switch (h) {
+    case 1: FN(write_backward_heads)(memory, weights, erase, add, grad_out, grad_memory,
+                                     grad_weights, grad_erase, grad_add, n, w, 1); return;
+    case 2: FN(write_backward_heads)(memory, weights, erase, add, grad_out, grad_memory,
+                                     grad_weights, grad_erase, grad_add, n, w, 2); return;
+    case 3: FN(write_backward_heads)(memory, weights, erase, add, grad_out, grad_memory,
+                                     grad_weights, grad_erase, grad_add, n, w, 3); return;
+    case 4: FN(write_backward_heads)(memory, weights, erase, add, grad_out, grad_memory,
+                                     grad_weights, grad_erase, grad_add, n, w, 4); return;
+    default: break;
+    }
+    /* more than four heads: one pass over the word per head */
     for (Py_ssize_t s = 0; s < n; s++) {
         const T_ *m_row = memory + s * w, *g_row = grad_out + s * w;
         T_ *dm = grad_memory + s * w;
