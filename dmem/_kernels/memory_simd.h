@@ -693,7 +693,7 @@ ATTR_INLINE void FN(write_backward_vector)(const T_ *m_row, const T_ *g_row, con
                                            const T_ *erase, const T_ *add, T_ *dm, T_ *de,
                                            T_ *da, Py_ssize_t n, Py_ssize_t w, Py_ssize_t c,
                                            const int nh, const int part, Py_ssize_t r,
-                                           VT_ *acc)
+                                           VT_ *acc, VT_ *de_part, VT_ *da_part)
 {
 #define LD_(p) (part ? FN(ldp)(p, r) : FN(ld)(p))
 #define ST_(p, v) do { if (part) FN(stp)(p, v, r); else FN(st)(p, v); } while (0)
@@ -721,8 +721,14 @@ ATTR_INLINE void FN(write_backward_vector)(const T_ *m_row, const T_ *g_row, con
         else if (i < nh - 1)
             t = t * suffix[0];
         pre = i == 0 ? q[0] : pre * q[i];
-        ST_(de + i * w + c, LD_(de + i * w + c) - wv[i] * t);
-        ST_(da + i * w + c, LD_(da + i * w + c) + wv[i] * g);
+        if (part) {  /* kept in registers over the slots (a masked store does not
+                        forward to the next slot's load) */
+            de_part[i] = de_part[i] - wv[i] * t;
+            da_part[i] = da_part[i] + wv[i] * g;
+        } else {
+            FN(st)(de + i * w + c, FN(ld)(de + i * w + c) - wv[i] * t);
+            FN(st)(da + i * w + c, FN(ld)(da + i * w + c) + wv[i] * g);
+        }
         acc[i] += g * LD_(add + i * w + c) - e[i] * t;
     }
     ST_(dm + c, g * pre);
@@ -738,6 +744,9 @@ ATTR_INLINE void FN(write_backward_heads)(const T_ *memory, const T_ *weights, c
                                           Py_ssize_t n, Py_ssize_t w, const int nh)
 {
     Py_ssize_t r = w % L_, nfull = w / L_;
+    VT_ de_part[4], da_part[4];
+    for (int i = 0; i < nh; i++)
+        de_part[i] = da_part[i] = (VT_){0};
     for (Py_ssize_t s = 0; s < n; s++) {
         const T_ *m_row = memory + s * w, *g_row = grad_out + s * w;
         T_ *dm = grad_memory + s * w;
@@ -746,13 +755,20 @@ ATTR_INLINE void FN(write_backward_heads)(const T_ *memory, const T_ *weights, c
             acc[i] = (VT_){0};
         for (Py_ssize_t j = 0; j < nfull; j++)
             FN(write_backward_vector)(m_row, g_row, weights + s, erase, add, dm, grad_erase,
-                                      grad_add, n, w, j * L_, nh, 0, r, acc);
+                                      grad_add, n, w, j * L_, nh, 0, r, acc, de_part,
+                                      da_part);
         if (r > 0)
             FN(write_backward_vector)(m_row, g_row, weights + s, erase, add, dm, grad_erase,
-                                      grad_add, n, w, nfull * L_, nh, 1, r, acc);
+                                      grad_add, n, w, nfull * L_, nh, 1, r, acc, de_part,
+                                      da_part);
         for (int i = 0; i < nh; i++)
             grad_weights[i * n + s] = FN(hsum)(acc[i]);
     }
+    if (r > 0)
+        for (int i = 0; i < nh; i++) {
+            FN(stp)(grad_erase + i * w + nfull * L_, de_part[i], r);
+            FN(stp)(grad_add + i * w + nfull * L_, da_part[i], r);
+        }
 }
 
 DMEM_MS_ATTR static void FN(write_backward)(const T_ *memory, const T_ *weights,
