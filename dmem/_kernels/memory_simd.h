@@ -86,6 +86,12 @@ typedef float dmem_ms_f64 __attribute__((vector_size(64)));
 typedef float dmem_ms_f64u __attribute__((vector_size(64), aligned(sizeof(float)), may_alias));
 #endif
 
+#if DMEM_MS_X86
+/* Masks of the AVX2 partial loads and stores: from index L - r, r lanes set. */
+static const long long dmem_ms_mask64[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+static const int dmem_ms_mask32[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+#endif
+
 #define DMEM_MS_CAT_(a, b, c) dmem_ms_##a##_##b##_##c
 #define DMEM_MS_CAT(a, b, c) DMEM_MS_CAT_(a, b, c)
 
@@ -262,7 +268,8 @@ ATTR_INLINE void FN(st)(T_ *p, VT_ v) { *(DMEM_MS_VTU *)p = v; }
 
 ATTR_INLINE VT_ FN(splat)(T_ x) { return x - (VT_){0}; }
 
-/* The first r (0 < r < L_) values at p; the other lanes 0. */
+/* The first r (0 < r < L_) values at p; the other lanes 0.  Never touches
+ * p[r] and beyond. */
 ATTR_INLINE VT_ FN(ldp)(const T_ *p, Py_ssize_t r)
 {
 #if L_ == 1
@@ -272,6 +279,17 @@ ATTR_INLINE VT_ FN(ldp)(const T_ *p, Py_ssize_t r)
     return (VT_)_mm512_maskz_loadu_pd((__mmask8)((1u << r) - 1u), (const void *)p);
 #elif defined(DMEM_MS_MASKED)
     return (VT_)_mm512_maskz_loadu_ps((__mmask16)((1u << r) - 1u), (const void *)p);
+#elif DMEM_MS_X86 && L_ == 4 && DMEM_MS_DOUBLE
+    return (VT_)_mm256_maskload_pd(p, _mm256_loadu_si256((const __m256i *)(dmem_ms_mask64 + 4 - r)));
+#elif DMEM_MS_X86 && L_ == 8
+    return (VT_)_mm256_maskload_ps(p, _mm256_loadu_si256((const __m256i *)(dmem_ms_mask32 + 8 - r)));
+#elif DMEM_MS_X86 && L_ == 2
+    return (VT_)_mm_load_sd(p);
+#elif DMEM_MS_X86 && L_ == 4
+    if (r == 1)
+        return (VT_)_mm_load_ss(p);
+    __m128 lo = _mm_castpd_ps(_mm_load_sd((const double *)p));
+    return (VT_)(r == 2 ? lo : _mm_movelh_ps(lo, _mm_load_ss(p + 2)));
 #else
     VT_ v = {0};
     for (Py_ssize_t i = 0; i < r; i++)
@@ -280,7 +298,7 @@ ATTR_INLINE VT_ FN(ldp)(const T_ *p, Py_ssize_t r)
 #endif
 }
 
-/* Store the first r (0 < r < L_) lanes of v at p. */
+/* Store the first r (0 < r < L_) lanes of v at p; p[r] and beyond untouched. */
 ATTR_INLINE void FN(stp)(T_ *p, VT_ v, Py_ssize_t r)
 {
 #if L_ == 1
@@ -290,6 +308,22 @@ ATTR_INLINE void FN(stp)(T_ *p, VT_ v, Py_ssize_t r)
     _mm512_mask_storeu_pd((void *)p, (__mmask8)((1u << r) - 1u), (__m512d)v);
 #elif defined(DMEM_MS_MASKED)
     _mm512_mask_storeu_ps((void *)p, (__mmask16)((1u << r) - 1u), (__m512)v);
+#elif DMEM_MS_X86 && L_ == 4 && DMEM_MS_DOUBLE
+    _mm256_maskstore_pd(p, _mm256_loadu_si256((const __m256i *)(dmem_ms_mask64 + 4 - r)),
+                        (__m256d)v);
+#elif DMEM_MS_X86 && L_ == 8
+    _mm256_maskstore_ps(p, _mm256_loadu_si256((const __m256i *)(dmem_ms_mask32 + 8 - r)),
+                        (__m256)v);
+#elif DMEM_MS_X86 && L_ == 2
+    _mm_store_sd(p, (__m128d)v);
+#elif DMEM_MS_X86 && L_ == 4
+    if (r == 1) {
+        _mm_store_ss(p, (__m128)v);
+        return;
+    }
+    _mm_store_sd((double *)p, _mm_castps_pd((__m128)v));
+    if (r == 3)
+        _mm_store_ss(p + 2, _mm_movehl_ps((__m128)v, (__m128)v));
 #else
     for (Py_ssize_t i = 0; i < r; i++)
         p[i] = v[i];

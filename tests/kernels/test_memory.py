@@ -332,7 +332,7 @@ def test_each_simd_level_matches_reference(simd_level, name, B, N, W, H):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("W", [3, 20, 37])
+@pytest.mark.parametrize("W", [3, 6, 20, 37])
 def test_each_simd_level_float32(simd_level, name, W):
     rng = np.random.default_rng(30 + W)
     inputs = make_inputs(name, rng, B=3, N=19, W=W, H=3, dtype=np.float32)
