@@ -90,6 +90,8 @@ typedef float dmem_ms_f64u __attribute__((vector_size(64), aligned(sizeof(float)
 /* Masks of the AVX2 partial loads and stores: from index L - r, r lanes set. */
 static const long long dmem_ms_mask64[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
 static const int dmem_ms_mask32[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+/* Two floats moved as one double (SSE2 partial vectors of floats). */
+typedef double dmem_ms_pair __attribute__((may_alias, aligned(sizeof(float))));
 #endif
 
 #define DMEM_MS_CAT_(a, b, c) dmem_ms_##a##_##b##_##c
@@ -288,7 +290,7 @@ ATTR_INLINE VT_ FN(ldp)(const T_ *p, Py_ssize_t r)
 #elif DMEM_MS_X86 && L_ == 4
     if (r == 1)
         return (VT_)_mm_load_ss(p);
-    __m128 lo = _mm_castpd_ps(_mm_load_sd((const double *)p));
+    __m128 lo = _mm_castpd_ps(_mm_set_sd(*(const dmem_ms_pair *)p));
     return (VT_)(r == 2 ? lo : _mm_movelh_ps(lo, _mm_load_ss(p + 2)));
 #else
     VT_ v = {0};
@@ -321,7 +323,7 @@ ATTR_INLINE void FN(stp)(T_ *p, VT_ v, Py_ssize_t r)
         _mm_store_ss(p, (__m128)v);
         return;
     }
-    _mm_store_sd((double *)p, _mm_castps_pd((__m128)v));
+    *(dmem_ms_pair *)p = _mm_cvtsd_f64(_mm_castps_pd((__m128)v));
     if (r == 3)
         _mm_store_ss(p + 2, _mm_movehl_ps((__m128)v, (__m128)v));
 #else
