@@ -721,85 +721,118 @@ ATTR_INLINE T_ FN(write_head_row)(const T_ *m_row, const T_ *g_row, const T_ *e,
     return FN(hsum)(acc);
 }
 
-/* All nh (<= 4) heads of slot s at vector c, in registers: q_h, the suffix
- * and prefix products, t_h; updates de_h, da_h, writes dM and adds the lanes
- * of g a_h − e_h t_h to acc[h].  The same operations, in the same order, as
- * write_head over the heads. */
+/* All nh (<= 4) heads of ns (1 or 2) consecutive slots at vector c, in
+ * registers: q_h, the suffix and prefix products, t_h; writes dM, adds the
+ * lanes of g a_h − e_h t_h to acc[k][h] (slot k) and accumulates de_h, da_h
+ * over the slots in order, loading and storing them once for the ns slots
+ * (the same operations, in the same order, as one slot at a time, and as
+ * write_head over the heads). */
 ATTR_INLINE void FN(write_backward_vector)(const T_ *m_row, const T_ *g_row, const T_ *weights,
                                            const T_ *erase, const T_ *add, T_ *dm, T_ *de,
                                            T_ *da, Py_ssize_t n, Py_ssize_t w, Py_ssize_t c,
-                                           const int nh, const int part, Py_ssize_t r,
-                                           VT_ *acc, VT_ *de_part, VT_ *da_part)
+                                           const int nh, const int ns, const int part,
+                                           Py_ssize_t r, VT_ (*acc)[4], VT_ *de_part,
+                                           VT_ *da_part)
 {
 #define LD_(p) (part ? FN(ldp)(p, r) : FN(ld)(p))
-#define ST_(p, v) do { if (part) FN(stp)(p, v, r); else FN(st)(p, v); } while (0)
     const VT_ one = FN(splat)(1);
-    VT_ wv[4], e[4], q[4], suffix[4], pre = one;
-    VT_ g = LD_(g_row + c), gm = g * LD_(m_row + c);
+    VT_ e[4], dev[4], dav[4];
     for (int i = 0; i < nh; i++) {
-        wv[i] = FN(splat)(weights[i * n]);
         e[i] = LD_(erase + i * w + c);
-        q[i] = one - wv[i] * e[i];
+        /* a partial last vector is kept in registers over the slots (a
+         * masked store does not forward to the next slots' load) */
+        dev[i] = part ? de_part[i] : FN(ld)(de + i * w + c);
+        dav[i] = part ? da_part[i] : FN(ld)(da + i * w + c);
     }
-    {
-        VT_ p = one;
-        for (int i = nh - 1; i > 0; i--) {
-            p *= q[i];
-            suffix[i - 1] = p;
+    for (int k = 0; k < ns; k++) {
+        VT_ wv[4], q[4], suffix[4], pre = one;
+        VT_ g = LD_(g_row + k * w + c), gm = g * LD_(m_row + k * w + c);
+        for (int i = 0; i < nh; i++) {
+            wv[i] = FN(splat)(weights[i * n + k]);
+            q[i] = one - wv[i] * e[i];
         }
+        {
+            VT_ p = one;
+            for (int i = nh - 1; i > 0; i--) {
+                p *= q[i];
+                suffix[i - 1] = p;
+            }
+        }
+        for (int i = 0; i < nh; i++) {
+            VT_ t = gm;
+            if (i > 0 && i < nh - 1)
+                t = t * (pre * suffix[i]);
+            else if (i > 0)
+                t = t * pre;
+            else if (i < nh - 1)
+                t = t * suffix[0];
+            pre = i == 0 ? q[0] : pre * q[i];
+            dev[i] = dev[i] - wv[i] * t;
+            dav[i] = dav[i] + wv[i] * g;
+            acc[k][i] += g * LD_(add + i * w + c) - e[i] * t;
+        }
+        if (part)
+            FN(stp)(dm + k * w + c, g * pre, r);
+        else
+            FN(st)(dm + k * w + c, g * pre);
     }
     for (int i = 0; i < nh; i++) {
-        VT_ t = gm;
-        if (i > 0 && i < nh - 1)
-            t = t * (pre * suffix[i]);
-        else if (i > 0)
-            t = t * pre;
-        else if (i < nh - 1)
-            t = t * suffix[0];
-        pre = i == 0 ? q[0] : pre * q[i];
-        if (part) {  /* kept in registers over the slots (a masked store does not
-                        forward to the next slot's load) */
-            de_part[i] = de_part[i] - wv[i] * t;
-            da_part[i] = da_part[i] + wv[i] * g;
+        if (part) {
+            de_part[i] = dev[i];
+            da_part[i] = dav[i];
         } else {
-            FN(st)(de + i * w + c, FN(ld)(de + i * w + c) - wv[i] * t);
-            FN(st)(da + i * w + c, FN(ld)(da + i * w + c) + wv[i] * g);
+            FN(st)(de + i * w + c, dev[i]);
+            FN(st)(da + i * w + c, dav[i]);
         }
-        acc[i] += g * LD_(add + i * w + c) - e[i] * t;
     }
-    ST_(dm + c, g * pre);
 #undef LD_
-#undef ST_
 }
 
-/* The write backward of a batch row with nh (<= 4) heads: slot by slot, the
- * word vector by vector, every head in registers. */
+/* Slots s .. s + ns - 1 (ns = 1 or 2) over the word. */
+ATTR_INLINE void FN(write_backward_slots)(const T_ *memory, const T_ *weights, const T_ *erase,
+                                          const T_ *add, const T_ *grad_out, T_ *grad_memory,
+                                          T_ *grad_weights, T_ *grad_erase, T_ *grad_add,
+                                          Py_ssize_t n, Py_ssize_t w, Py_ssize_t s,
+                                          const int nh, const int ns, Py_ssize_t nfull,
+                                          Py_ssize_t r, VT_ *de_part, VT_ *da_part)
+{
+    const T_ *m_row = memory + s * w, *g_row = grad_out + s * w;
+    T_ *dm = grad_memory + s * w;
+    VT_ acc[2][4];
+    for (int k = 0; k < ns; k++)
+        for (int i = 0; i < nh; i++)
+            acc[k][i] = (VT_){0};
+    for (Py_ssize_t j = 0; j < nfull; j++)
+        FN(write_backward_vector)(m_row, g_row, weights + s, erase, add, dm, grad_erase,
+                                  grad_add, n, w, j * L_, nh, ns, 0, r, acc, de_part, da_part);
+    if (r > 0)
+        FN(write_backward_vector)(m_row, g_row, weights + s, erase, add, dm, grad_erase,
+                                  grad_add, n, w, nfull * L_, nh, ns, 1, r, acc, de_part,
+                                  da_part);
+    for (int k = 0; k < ns; k++)
+        for (int i = 0; i < nh; i++)
+            grad_weights[i * n + s + k] = FN(hsum)(acc[k][i]);
+}
+
+/* The write backward of a batch row with nh (<= 4) heads: two slots at a
+ * time, the word vector by vector, every head in registers. */
 ATTR_INLINE void FN(write_backward_heads)(const T_ *memory, const T_ *weights, const T_ *erase,
                                           const T_ *add, const T_ *grad_out, T_ *grad_memory,
                                           T_ *grad_weights, T_ *grad_erase, T_ *grad_add,
                                           Py_ssize_t n, Py_ssize_t w, const int nh)
 {
-    Py_ssize_t r = w % L_, nfull = w / L_;
+    Py_ssize_t r = w % L_, nfull = w / L_, s;
     VT_ de_part[4], da_part[4];
     for (int i = 0; i < nh; i++)
         de_part[i] = da_part[i] = (VT_){0};
-    for (Py_ssize_t s = 0; s < n; s++) {
-        const T_ *m_row = memory + s * w, *g_row = grad_out + s * w;
-        T_ *dm = grad_memory + s * w;
-        VT_ acc[4];
-        for (int i = 0; i < nh; i++)
-            acc[i] = (VT_){0};
-        for (Py_ssize_t j = 0; j < nfull; j++)
-            FN(write_backward_vector)(m_row, g_row, weights + s, erase, add, dm, grad_erase,
-                                      grad_add, n, w, j * L_, nh, 0, r, acc, de_part,
-                                      da_part);
-        if (r > 0)
-            FN(write_backward_vector)(m_row, g_row, weights + s, erase, add, dm, grad_erase,
-                                      grad_add, n, w, nfull * L_, nh, 1, r, acc, de_part,
-                                      da_part);
-        for (int i = 0; i < nh; i++)
-            grad_weights[i * n + s] = FN(hsum)(acc[i]);
-    }
+    for (s = 0; s + 2 <= n; s += 2)
+        FN(write_backward_slots)(memory, weights, erase, add, grad_out, grad_memory,
+                                 grad_weights, grad_erase, grad_add, n, w, s, nh, 2, nfull, r,
+                                 de_part, da_part);
+    if (s < n)
+        FN(write_backward_slots)(memory, weights, erase, add, grad_out, grad_memory,
+                                 grad_weights, grad_erase, grad_add, n, w, s, nh, 1, nfull, r,
+                                 de_part, da_part);
     if (r > 0)
         for (int i = 0; i < nh; i++) {
             FN(stp)(grad_erase + i * w + nfull * L_, de_part[i], r);
