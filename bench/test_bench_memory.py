@@ -13,6 +13,7 @@ from autograd import make_vjp
 
 compiled = importlib.import_module("dmem.compiled.memory")
 reference = importlib.import_module("dmem.reference.memory")
+kernels = importlib.import_module("dmem._kernels.memory")
 
 W = 20
 BATCHES = [1, 16]
@@ -70,6 +71,8 @@ def test_bench(record, rng, op, mode, B, N, H, implementation):
     make = forward_fn if mode == "fwd" else forward_backward_fn
     run = make(op, implementation)
     benchmark = record(f"{op} {mode}|B={B},N={N},H={H}", implementation)
+    if implementation == "compiled":
+        benchmark.extra_info["simd"] = kernels.simd_level()
     result = benchmark(run, inputs, cotangent)
     assert result is not None
 
@@ -97,7 +100,6 @@ def test_bench_add_in_cache(record, rng, size):
 # pair without the wrapper (validation, saved state, output allocation).
 def test_bench_read_kernels(record, rng):
     B, N, H = 16, 128, 1
-    kernels = importlib.import_module("dmem._kernels.memory")
     memory, weights = make_inputs("read", rng, B, N, H)
     cotangent = rng.standard_normal((B, H, W))
     reads = np.empty((B, H, W))
@@ -109,4 +111,5 @@ def test_bench_read_kernels(record, rng):
         return grad_memory
 
     benchmark = record(f"read fwd+bwd kernels|B={B},N={N},H={H}", "compiled")
+    benchmark.extra_info["simd"] = kernels.simd_level()
     assert benchmark(run) is not None
