@@ -50,7 +50,7 @@
 
 #include <stddef.h>
 
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(DMEM_MS_NO_VECTORS)  /* the switch: to test the scalar loops */
 #define DMEM_MS_VECTORS 1
 #define DMEM_MS_INLINE static inline __attribute__((always_inline))
 #else
@@ -286,6 +286,7 @@ ATTR_INLINE VT_ FN(ldp)(const T_ *p, Py_ssize_t r)
 #elif DMEM_MS_X86 && L_ == 8
     return (VT_)_mm256_maskload_ps(p, _mm256_loadu_si256((const __m256i *)(dmem_ms_mask32 + 8 - r)));
 #elif DMEM_MS_X86 && L_ == 2
+    (void)r;
     return (VT_)_mm_load_sd(p);
 #elif DMEM_MS_X86 && L_ == 4
     if (r == 1)
@@ -317,6 +318,7 @@ ATTR_INLINE void FN(stp)(T_ *p, VT_ v, Py_ssize_t r)
     _mm256_maskstore_ps(p, _mm256_loadu_si256((const __m256i *)(dmem_ms_mask32 + 8 - r)),
                         (__m256)v);
 #elif DMEM_MS_X86 && L_ == 2
+    (void)r;
     _mm_store_sd(p, (__m128d)v);
 #elif DMEM_MS_X86 && L_ == 4
     if (r == 1) {
