@@ -184,11 +184,12 @@ cdef void _write_backward_row(const floating* memory, const floating* weights,
     dw_h[n] = Σ_k (g[n, k] a_h[k] − e_h[k] t_h[n, k]),
     de_h[k] = −Σ_n w_h[n] t_h[n, k],  da_h[k] = Σ_n w_h[n] g[n, k].
     Π_{h'≠h} q_{h'} is prefix × suffix over heads (no division by q, which
-    can be 0).  ``scratch`` is (H + 1) × W: rows 0..H−2 the suffix products
-    Π_{h'>h} q_{h'} of the current slot (the other rows are not used).  The
-    prefix product of a slot is kept in its row of grad_memory until the
-    slot's gradient replaces it.  One pass over the word per head forms t_h,
-    de_h, da_h and dw_h[n] together (``memory_simd.h``).
+    can be 0).  Up to four heads, everything is in registers, two slots at a
+    time (``memory_simd.h``).  With more heads, ``scratch`` ((H + 1) × W)
+    holds in rows 0..H−2 the suffix products Π_{h'>h} q_{h'} of the current
+    slot, the prefix product of a slot is kept in its row of grad_memory
+    until the slot's gradient replaces it, and one pass over the word per
+    head forms t_h, de_h, da_h and dw_h[n] together.
     """
     if floating is double:
         dmem_memory_write_backward_d(memory, weights, erase, add, grad_out, grad_memory,

@@ -11,20 +11,26 @@
  *
  * How: a memory row (a word of W values) is cut into vectors of 16 bytes (the
  * baseline version), 32 (AVX2/FMA) or 64 (AVX-512); the last vector of a row
- * may be partial (AVX-512: masked loads and stores; the others: lane by lane),
- * so W is arbitrary.  GCC/clang vector extensions; float stays float.
+ * may be partial (masked loads and stores on AVX2 and AVX-512, one or two
+ * lanes on SSE2), so W is arbitrary.  GCC/clang vector extensions; float
+ * stays float.  Up to four heads are handled together with everything in
+ * registers (functions specialised on the head count); more heads take
+ * simpler per-head passes.
  *
- *   read forward:  the sums over slots live in registers: two heads by up to
- *                  four vectors of the word at a time, one pass over the slots
- *                  for each such block.
- *   read backward: one pass over the slots; per slot, dM_n from every head,
- *                  then dw_{h,n} for up to four heads at once.
- *   write forward: per slot and vector of the word, every head in registers.
- *   write backward: per slot, the suffix products Π_{h'>h} q_{h'} into the
- *                  scratch rows, then one pass per head forming t_h, de_h, da_h
- *                  and dw_h[n] together, the prefix product Π_{h'<h} q_{h'} kept
- *                  in the slot's row of dM until dM replaces it.  No division
- *                  by q (which can be 0).
+ *   read forward:   the sums over slots live in registers: two heads by up
+ *                   to four vectors of the word at a time, one pass over the
+ *                   slots for each such block.
+ *   read backward:  one pass over the slots and, per slot, over the word:
+ *                   dM_n from every head and the lanes of g_h · M_n.
+ *   write forward:  per slot and vector of the word, every head.
+ *   write backward: two slots at a time, per vector of the word: the q_h, the
+ *                   suffix products Π_{h'>h} q_{h'} and prefix products
+ *                   Π_{h'<h} q_{h'} (no division by q, which can be 0), t_h,
+ *                   de_h and da_h (loaded and stored once per pair of slots;
+ *                   those of a partial last vector stay in registers over all
+ *                   slots) and the lanes of dw_h.  Over four heads: the suffix
+ *                   products go to the scratch rows and the prefix products
+ *                   to the slot's row of dM, one pass over the word per head.
  *
  * Order of the sums: a sum over slots or heads runs in index order, value by
  * value, whatever the vector width; a sum over the word (dw) accumulates the
