@@ -70,8 +70,6 @@ def test_bench(record, rng, op, mode, B, N, H, implementation):
     make = forward_fn if mode == "fwd" else forward_backward_fn
     run = make(op, implementation)
     benchmark = record(f"{op} {mode}|B={B},N={N},H={H}", implementation)
-    if implementation == "compiled":
-        benchmark.extra_info["simd"] = importlib.import_module("dmem._kernels.memory").simd_level()
     result = benchmark(run, inputs, cotangent)
     assert result is not None
 
@@ -111,5 +109,4 @@ def test_bench_read_kernels(record, rng):
         return grad_memory
 
     benchmark = record(f"read fwd+bwd kernels|B={B},N={N},H={H}", "compiled")
-    benchmark.extra_info["simd"] = kernels.simd_level()
     assert benchmark(run) is not None
