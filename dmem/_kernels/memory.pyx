@@ -7,25 +7,80 @@ so results do not depend on the thread count.
 
 read:   r_h = Σ_i w_{h,i} M_i
 write:  M' = M ∘ Π_h (1 − w_h e_hᵀ) + Σ_h w_h a_hᵀ
+
+The loops of one batch row are C, in ``memory_simd.h`` (sums over slots in
+registers, the word in vectors of 16, 32 or 64 bytes), compiled for the
+build's baseline ISA and, on x86, for AVX2/FMA and AVX-512; the widest the CPU
+has runs (:func:`simd_level`).  The versions round differently, each
+deterministically.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange
 
 
-cdef inline floating _dot(const floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
-    """x · y with four partial sums (shorter dependency chains; a fixed order)."""
-    cdef Py_ssize_t k
-    cdef floating a0 = 0, a1 = 0, a2 = 0, a3 = 0
-    cdef Py_ssize_t n4 = n - n % 4
-    for k in range(0, n4, 4):
-        a0 += x[k] * y[k]
-        a1 += x[k + 1] * y[k + 1]
-        a2 += x[k + 2] * y[k + 2]
-        a3 += x[k + 3] * y[k + 3]
-    for k in range(n4, n):
-        a0 += x[k] * y[k]
-    return (a0 + a1) + (a2 + a3)
+cdef extern from "memory_simd.h" nogil:
+    void dmem_memory_read_d(const double* memory, const double* weights, double* reads,
+                            Py_ssize_t n, Py_ssize_t h, Py_ssize_t w)
+    void dmem_memory_read_f(const float* memory, const float* weights, float* reads,
+                            Py_ssize_t n, Py_ssize_t h, Py_ssize_t w)
+    void dmem_memory_read_backward_d(const double* memory, const double* weights,
+                                     const double* grad_reads, double* grad_memory,
+                                     double* grad_weights, Py_ssize_t n, Py_ssize_t h,
+                                     Py_ssize_t w)
+    void dmem_memory_read_backward_f(const float* memory, const float* weights,
+                                     const float* grad_reads, float* grad_memory,
+                                     float* grad_weights, Py_ssize_t n, Py_ssize_t h,
+                                     Py_ssize_t w)
+    void dmem_memory_write_d(const double* memory, const double* weights, const double* erase,
+                             const double* add, double* out, Py_ssize_t n, Py_ssize_t h,
+                             Py_ssize_t w)
+    void dmem_memory_write_f(const float* memory, const float* weights, const float* erase,
+                             const float* add, float* out, Py_ssize_t n, Py_ssize_t h,
+                             Py_ssize_t w)
+    void dmem_memory_write_backward_d(const double* memory, const double* weights,
+                                      const double* erase, const double* add,
+                                      const double* grad_out, double* grad_memory,
+                                      double* grad_weights, double* grad_erase,
+                                      double* grad_add, double* scratch, Py_ssize_t n,
+                                      Py_ssize_t h, Py_ssize_t w)
+    void dmem_memory_write_backward_f(const float* memory, const float* weights,
+                                      const float* erase, const float* add,
+                                      const float* grad_out, float* grad_memory,
+                                      float* grad_weights, float* grad_erase,
+                                      float* grad_add, float* scratch, Py_ssize_t n,
+                                      Py_ssize_t h, Py_ssize_t w)
+    int dmem_memory_simd_supported()
+    int dmem_memory_set_simd(int level)
+    int dmem_memory_get_simd()
+
+
+dmem_memory_set_simd(2)
+
+_SIMD_LEVELS = ("baseline", "avx2+fma", "avx512")
+
+
+def simd_level():
+    """The instruction set of the read and write loops: ``"avx512"`` (AVX-512
+    F/VL/DQ with AVX2 and FMA), ``"avx2+fma"`` or ``"baseline"`` (the build's
+    own, e.g. SSE2 on x86-64, NEON on aarch64)."""
+    return _SIMD_LEVELS[dmem_memory_get_simd()]
+
+
+def simd_levels_supported():
+    """The levels :func:`_set_simd` can select on this CPU, baseline first."""
+    return _SIMD_LEVELS[:dmem_memory_simd_supported() + 1]
+
+
+def _set_simd(level):
+    """Select the loops (for tests and benchmarks): ``True`` for the best this CPU
+    has, ``False`` for the baseline ones, or a name from :func:`simd_levels_supported`
+    (a level the CPU lacks gives the best below it).  Returns :func:`simd_level`."""
+    if level is True or level is False:
+        dmem_memory_set_simd(2 if level else 0)
+    else:
+        dmem_memory_set_simd(_SIMD_LEVELS.index(level))
+    return simd_level()
 
 
 # ---------------------------------------------------------------- read
@@ -34,19 +89,10 @@ cdef void _read_row(const floating* memory, const floating* weights,
                     floating* reads, Py_ssize_t N, Py_ssize_t H,
                     Py_ssize_t W) noexcept nogil:
     """reads[h, :] = Σ_n weights[h, n] memory[n, :] for one batch row."""
-    cdef Py_ssize_t h, n, k
-    cdef floating wn
-    cdef floating* out
-    cdef const floating* row
-    for h in range(H):
-        out = reads + h * W
-        for k in range(W):
-            out[k] = 0
-        for n in range(N):
-            wn = weights[h * N + n]
-            row = memory + n * W
-            for k in range(W):
-                out[k] += wn * row[k]
+    if floating is double:
+        dmem_memory_read_d(memory, weights, reads, N, H, W)
+    else:
+        dmem_memory_read_f(memory, weights, reads, N, H, W)
 
 
 def read_forward(const floating[:, :, ::1] memory, const floating[:, :, ::1] weights,
@@ -69,24 +115,12 @@ cdef void _read_backward_row(const floating* memory, const floating* weights,
                              floating* grad_weights, Py_ssize_t N, Py_ssize_t H,
                              Py_ssize_t W) noexcept nogil:
     """dM[n, :] = Σ_h w[h, n] g[h, :];  dw[h, n] = g[h, :] · M[n, :]."""
-    cdef Py_ssize_t h, n, k
-    cdef floating wn
-    cdef floating* dm
-    cdef const floating* row
-    cdef const floating* g
-    for n in range(N):
-        dm = grad_memory + n * W
-        row = memory + n * W
-        wn = weights[n]
-        for k in range(W):
-            dm[k] = wn * grad_reads[k]
-        for h in range(1, H):
-            wn = weights[h * N + n]
-            g = grad_reads + h * W
-            for k in range(W):
-                dm[k] += wn * g[k]
-        for h in range(H):
-            grad_weights[h * N + n] = _dot(grad_reads + h * W, row, W)
+    if floating is double:
+        dmem_memory_read_backward_d(memory, weights, grad_reads, grad_memory, grad_weights,
+                                    N, H, W)
+    else:
+        dmem_memory_read_backward_f(memory, weights, grad_reads, grad_memory, grad_weights,
+                                    N, H, W)
 
 
 def read_backward(const floating[:, :, ::1] memory, const floating[:, :, ::1] weights,
@@ -113,28 +147,10 @@ cdef void _write_row(const floating* memory, const floating* weights,
                      const floating* erase, const floating* add, floating* out,
                      Py_ssize_t N, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
     """out = M ∘ Π_h (1 − w_h e_hᵀ) + Σ_h w_h a_hᵀ for one batch row."""
-    cdef Py_ssize_t h, n, k
-    cdef floating wn
-    cdef floating* o
-    cdef const floating* m
-    cdef const floating* e
-    cdef const floating* a
-    for n in range(N):
-        o = out + n * W
-        m = memory + n * W
-        wn = weights[n]
-        for k in range(W):
-            o[k] = m[k] * (1 - wn * erase[k])
-        for h in range(1, H):
-            wn = weights[h * N + n]
-            e = erase + h * W
-            for k in range(W):
-                o[k] *= 1 - wn * e[k]
-        for h in range(H):
-            wn = weights[h * N + n]
-            a = add + h * W
-            for k in range(W):
-                o[k] += wn * a[k]
+    if floating is double:
+        dmem_memory_write_d(memory, weights, erase, add, out, N, H, W)
+    else:
+        dmem_memory_write_f(memory, weights, erase, add, out, N, H, W)
 
 
 def write_forward(const floating[:, :, ::1] memory, const floating[:, :, ::1] weights,
@@ -168,62 +184,19 @@ cdef void _write_backward_row(const floating* memory, const floating* weights,
     dw_h[n] = Σ_k (g[n, k] a_h[k] − e_h[k] t_h[n, k]),
     de_h[k] = −Σ_n w_h[n] t_h[n, k],  da_h[k] = Σ_n w_h[n] g[n, k].
     Π_{h'≠h} q_{h'} is prefix × suffix over heads (no division by q, which
-    can be 0).  ``scratch`` is (H + 1) × W: rows 0..H−1 the suffix products
-    Π_{h'>h} q_{h'} of the current slot (row H−1 is all ones), row H the
-    t of the current head.  The prefix product of a slot is kept in its row
-    of grad_memory until the slot's gradient replaces it.
+    can be 0).  Up to four heads, everything is in registers, two slots at a
+    time (``memory_simd.h``).  With more heads, ``scratch`` ((H + 1) × W)
+    holds in rows 0..H−2 the suffix products Π_{h'>h} q_{h'} of the current
+    slot, the prefix product of a slot is kept in its row of grad_memory
+    until the slot's gradient replaces it, and one pass over the word per
+    head forms t_h, de_h, da_h and dw_h[n] together.
     """
-    cdef Py_ssize_t h, n, k
-    cdef floating wn
-    cdef floating* prefix
-    cdef floating* s
-    cdef floating* s_next
-    cdef floating* t = scratch + H * W
-    cdef const floating* m
-    cdef const floating* g
-    cdef const floating* e
-    cdef const floating* a
-    cdef floating* de
-    cdef floating* da
-    for k in range(H * W):
-        grad_erase[k] = 0
-        grad_add[k] = 0
-    s = scratch + (H - 1) * W
-    for k in range(W):
-        s[k] = 1
-    for n in range(N):
-        m = memory + n * W
-        g = grad_out + n * W
-        prefix = grad_memory + n * W
-        # scratch[h, k] = Π_{h' > h} q_{h'}[n, k]
-        for h in range(H - 1, 0, -1):
-            wn = weights[h * N + n]
-            e = erase + h * W
-            s = scratch + (h - 1) * W
-            s_next = scratch + h * W
-            for k in range(W):
-                s[k] = s_next[k] * (1 - wn * e[k])
-        for h in range(H):
-            wn = weights[h * N + n]
-            e = erase + h * W
-            a = add + h * W
-            de = grad_erase + h * W
-            da = grad_add + h * W
-            s = scratch + h * W
-            if h == 0:
-                for k in range(W):
-                    t[k] = g[k] * m[k] * s[k]
-                    prefix[k] = 1 - wn * e[k]
-            else:
-                for k in range(W):
-                    t[k] = g[k] * m[k] * (prefix[k] * s[k])
-                    prefix[k] *= 1 - wn * e[k]
-            for k in range(W):
-                de[k] -= wn * t[k]
-                da[k] += wn * g[k]
-            grad_weights[h * N + n] = _dot(g, a, W) - _dot(e, t, W)
-        for k in range(W):
-            prefix[k] = g[k] * prefix[k]
+    if floating is double:
+        dmem_memory_write_backward_d(memory, weights, erase, add, grad_out, grad_memory,
+                                     grad_weights, grad_erase, grad_add, scratch, N, H, W)
+    else:
+        dmem_memory_write_backward_f(memory, weights, erase, add, grad_out, grad_memory,
+                                     grad_weights, grad_erase, grad_add, scratch, N, H, W)
 
 
 def write_backward(const floating[:, :, ::1] memory, const floating[:, :, ::1] weights,

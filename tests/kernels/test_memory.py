@@ -299,3 +299,88 @@ def test_wrong_gradient_shape_raises(name):
         backward(saved, np.ones(out.shape[:-1] + (out.shape[-1] + 1,)))
     with pytest.raises(TypeError, match="must be a float array"):
         backward(saved, np.ones(out.shape, dtype=np.complex128))
+
+
+# ---------------------------------------------------------------- instruction sets
+#
+# The read and write loops (memory_simd.h) exist in a baseline version and, on
+# x86 CPUs that have them, an AVX2/FMA one and an AVX-512 one; the widest is
+# chosen at import.  Each is tested against the reference, and each against the
+# baseline.  Word sizes cover whole vectors, a partial last vector and words
+# shorter than one vector, for float64 and float32 lane counts.
+
+kernels = importlib.import_module("dmem._kernels.memory")
+SIMD_LEVELS = list(kernels.simd_levels_supported())
+
+
+@pytest.fixture(params=SIMD_LEVELS)
+def simd_level(request):
+    previous = kernels.simd_level()
+    assert kernels._set_simd(request.param) == request.param
+    yield request.param
+    kernels._set_simd(previous)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("B,N,W,H", [
+    (1, 1, 1, 1), (2, 5, 3, 2), (2, 7, 8, 1), (3, 13, 20, 4), (2, 9, 33, 3), (2, 11, 16, 5),
+    (2, 6, 67, 2), (1, 4, 17, 7),
+])
+def test_each_simd_level_matches_reference(simd_level, name, B, N, W, H):
+    rng = np.random.default_rng(B * 1000 + N * 10 + W + H)
+    assert_matches_reference(name, make_inputs(name, rng, B, N, W, H), rng)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("W", [3, 6, 20, 37])
+def test_each_simd_level_float32(simd_level, name, W):
+    rng = np.random.default_rng(30 + W)
+    inputs = make_inputs(name, rng, B=3, N=19, W=W, H=3, dtype=np.float32)
+    assert_matches_reference(name, inputs, rng, rtol_out=1e-4, rtol_grad=1e-4)
+
+
+def test_each_simd_level_saturated_write_and_large_magnitudes(simd_level):
+    test_write_saturated_factors_give_exact_zero_memory_gradient()
+    test_large_magnitudes_stay_finite_and_match("read")
+    test_large_magnitudes_stay_finite_and_match("write")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_simd_level_one_and_two_threads_are_bitwise_identical(simd_level, name):
+    test_one_and_two_threads_are_bitwise_identical(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("level", SIMD_LEVELS[1:] or ["none"])
+def test_simd_levels_agree_with_baseline(name, dtype, level):
+    if level == "none":
+        pytest.skip("this CPU has no AVX2/FMA")
+    rng = np.random.default_rng(40)
+    inputs = make_inputs(name, rng, B=4, N=67, W=13, H=3, dtype=dtype)
+    cotangent = rng.standard_normal(OUTPUT_SHAPE[name](4, 67, 13, 3)).astype(dtype)
+    previous = kernels.simd_level()
+    results = []
+    try:
+        for chosen in ("baseline", level):
+            assert kernels._set_simd(chosen) == chosen
+            results.append(run_compiled(name, inputs, cotangent))
+    finally:
+        kernels._set_simd(previous)
+    (o1, g1), (o2, g2) = results
+    rtol = 1e-10 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(o2, o1, rtol=rtol, atol=rtol * 1e-2)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(b, a, rtol=10 * rtol, atol=rtol * 1e-1)
+
+
+def test_simd_level_is_reported():
+    level = kernels.simd_level()
+    assert level in SIMD_LEVELS and SIMD_LEVELS[0] == "baseline"
+    try:
+        assert kernels._set_simd(False) == "baseline"
+        assert kernels._set_simd(True) == SIMD_LEVELS[-1]
+        for chosen in SIMD_LEVELS:
+            assert kernels._set_simd(chosen) == chosen
+    finally:
+        kernels._set_simd(level)
