@@ -38,7 +38,7 @@
  * Results depend on the instruction set (lane counts, FMA), never on the
  * thread count or the batch row.
  *
- * Runtime dispatch (as in addressing_simd.h): on x86 with GCC or clang every
+ * Runtime dispatch (levels of simd.h): on x86 with GCC or clang every
  * function is compiled three times: for the build's baseline ISA, with
  * __attribute__((target("avx2,fma"))) and with AVX-512 F/VL/DQ as well.
  * dmem_memory_set_simd(level) selects the versions, never above what the CPU
@@ -56,43 +56,9 @@
 
 #include <stddef.h>
 
-#if defined(__GNUC__) && !defined(DMEM_MS_NO_VECTORS)  /* the switch: to test the scalar loops */
-#define DMEM_MS_VECTORS 1
-#define DMEM_MS_INLINE static inline __attribute__((always_inline))
-#else
-#define DMEM_MS_VECTORS 0
-#define DMEM_MS_INLINE static inline
-#endif
+#include "simd.h"
 
-#if DMEM_MS_VECTORS && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
-#include <immintrin.h>
-#define DMEM_MS_X86 1
-#else
-#define DMEM_MS_X86 0
-#endif
-
-#if DMEM_MS_X86 && !defined(DMEM_NO_SIMD_DISPATCH)
-#define DMEM_MS_DISPATCH 1
-#else
-#define DMEM_MS_DISPATCH 0
-#endif
-
-#if DMEM_MS_VECTORS
-typedef double dmem_ms_d16 __attribute__((vector_size(16)));
-typedef double dmem_ms_d16u __attribute__((vector_size(16), aligned(sizeof(double)), may_alias));
-typedef float dmem_ms_f16 __attribute__((vector_size(16)));
-typedef float dmem_ms_f16u __attribute__((vector_size(16), aligned(sizeof(float)), may_alias));
-typedef double dmem_ms_d32 __attribute__((vector_size(32)));
-typedef double dmem_ms_d32u __attribute__((vector_size(32), aligned(sizeof(double)), may_alias));
-typedef float dmem_ms_f32 __attribute__((vector_size(32)));
-typedef float dmem_ms_f32u __attribute__((vector_size(32), aligned(sizeof(float)), may_alias));
-typedef double dmem_ms_d64 __attribute__((vector_size(64)));
-typedef double dmem_ms_d64u __attribute__((vector_size(64), aligned(sizeof(double)), may_alias));
-typedef float dmem_ms_f64 __attribute__((vector_size(64)));
-typedef float dmem_ms_f64u __attribute__((vector_size(64), aligned(sizeof(float)), may_alias));
-#endif
-
-#if DMEM_MS_X86
+#if DMEM_X86
 /* Masks of the AVX2 partial loads and stores: from index L - r, r lanes set. */
 static const long long dmem_ms_mask64[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
 static const int dmem_ms_mask32[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -110,10 +76,10 @@ typedef double dmem_ms_pair __attribute__((may_alias, aligned(sizeof(float))));
 #define DMEM_MS_T double
 #define DMEM_MS_SUFFIX d
 #define DMEM_MS_DOUBLE 1
-#if DMEM_MS_VECTORS
+#if DMEM_VECTORS
 #define DMEM_MS_L 2
-#define DMEM_MS_VT dmem_ms_d16
-#define DMEM_MS_VTU dmem_ms_d16u
+#define DMEM_MS_VT dmem_vd2
+#define DMEM_MS_VTU dmem_vd2_u
 #else
 #define DMEM_MS_L 1
 #define DMEM_MS_VT double
@@ -123,10 +89,10 @@ typedef double dmem_ms_pair __attribute__((may_alias, aligned(sizeof(float))));
 #define DMEM_MS_T float
 #define DMEM_MS_SUFFIX f
 #define DMEM_MS_DOUBLE 0
-#if DMEM_MS_VECTORS
+#if DMEM_VECTORS
 #define DMEM_MS_L 4
-#define DMEM_MS_VT dmem_ms_f16
-#define DMEM_MS_VTU dmem_ms_f16u
+#define DMEM_MS_VT dmem_vf4
+#define DMEM_MS_VTU dmem_vf4_u
 #else
 #define DMEM_MS_L 1
 #define DMEM_MS_VT float
@@ -136,44 +102,44 @@ typedef double dmem_ms_pair __attribute__((may_alias, aligned(sizeof(float))));
 #undef DMEM_MS_ATTR
 #undef DMEM_MS_ISA
 
-#if DMEM_MS_DISPATCH
+#if DMEM_SIMD_DISPATCH
 /* ---- AVX2 + FMA ---- */
-#define DMEM_MS_ATTR __attribute__((target("avx2,fma")))
+#define DMEM_MS_ATTR DMEM_ATTR_AVX2
 #define DMEM_MS_ISA avx2
 #define DMEM_MS_T double
 #define DMEM_MS_SUFFIX d
 #define DMEM_MS_DOUBLE 1
 #define DMEM_MS_L 4
-#define DMEM_MS_VT dmem_ms_d32
-#define DMEM_MS_VTU dmem_ms_d32u
+#define DMEM_MS_VT dmem_vd4
+#define DMEM_MS_VTU dmem_vd4_u
 #include "memory_simd.h"
 #define DMEM_MS_T float
 #define DMEM_MS_SUFFIX f
 #define DMEM_MS_DOUBLE 0
 #define DMEM_MS_L 8
-#define DMEM_MS_VT dmem_ms_f32
-#define DMEM_MS_VTU dmem_ms_f32u
+#define DMEM_MS_VT dmem_vf8
+#define DMEM_MS_VTU dmem_vf8_u
 #include "memory_simd.h"
 #undef DMEM_MS_ATTR
 #undef DMEM_MS_ISA
 
 /* ---- AVX-512 (F, VL, DQ) + FMA: masked loads and stores for a partial vector ---- */
-#define DMEM_MS_ATTR __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define DMEM_MS_ATTR DMEM_ATTR_AVX512
 #define DMEM_MS_ISA avx512
 #define DMEM_MS_MASKED 1
 #define DMEM_MS_T double
 #define DMEM_MS_SUFFIX d
 #define DMEM_MS_DOUBLE 1
 #define DMEM_MS_L 8
-#define DMEM_MS_VT dmem_ms_d64
-#define DMEM_MS_VTU dmem_ms_d64u
+#define DMEM_MS_VT dmem_vd8
+#define DMEM_MS_VTU dmem_vd8_u
 #include "memory_simd.h"
 #define DMEM_MS_T float
 #define DMEM_MS_SUFFIX f
 #define DMEM_MS_DOUBLE 0
 #define DMEM_MS_L 16
-#define DMEM_MS_VT dmem_ms_f64
-#define DMEM_MS_VTU dmem_ms_f64u
+#define DMEM_MS_VT dmem_vf16
+#define DMEM_MS_VTU dmem_vf16_u
 #include "memory_simd.h"
 #undef DMEM_MS_ATTR
 #undef DMEM_MS_ISA
@@ -183,45 +149,20 @@ typedef double dmem_ms_pair __attribute__((may_alias, aligned(sizeof(float))));
 
 /* ---- dispatch ---- */
 
-/* 2 when the AVX-512 versions run, 1 for AVX2/FMA, 0 for the baseline. */
+/* The level in force (simd.h): 2 AVX-512, 1 AVX2/FMA, 0 the baseline. */
 static int dmem_memory_simd = 0;
 
-/* The best level this CPU supports: 2 (AVX-512 F/VL/DQ, AVX2 and FMA), 1
- * (AVX2 and FMA) or 0. */
-static int dmem_memory_simd_supported(void)
-{
-#if DMEM_MS_DISPATCH
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
-        return 0;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512dq"))
-        return 2;
-    return 1;
-#else
-    return 0;
-#endif
-}
+static int dmem_memory_simd_supported(void) { return dmem_simd_supported(); }
 
-/* Select the versions to run: the level asked for (0, 1 or 2), or the best
- * supported one below it.  Returns the level in force. */
 static int dmem_memory_set_simd(int level)
 {
-    int best = dmem_memory_simd_supported();
-    dmem_memory_simd = level < 0 ? 0 : (level > best ? best : level);
+    dmem_memory_simd = dmem_simd_level(level);
     return dmem_memory_simd;
 }
 
 static int dmem_memory_get_simd(void) { return dmem_memory_simd; }
 
-#if DMEM_MS_DISPATCH
-#define DMEM_MS_CALL(name, suffix, args)                                  \
-    (dmem_memory_simd == 2 ? DMEM_MS_CAT(name, suffix, avx512) args      \
-     : dmem_memory_simd == 1 ? DMEM_MS_CAT(name, suffix, avx2) args      \
-     : DMEM_MS_CAT(name, suffix, base) args)
-#else
-#define DMEM_MS_CALL(name, suffix, args) (DMEM_MS_CAT(name, suffix, base) args)
-#endif
+#define DMEM_MS_CALL(name, suffix, args) DMEM_SIMD_CALL(dmem_memory_simd, ms_##name, suffix, args)
 
 /* One batch row of each op; arguments as in memory.pyx (row-major (N, W),
  * (H, N), (H, W) blocks).  `scratch` of the write backward is (H + 1) x W. */
@@ -268,7 +209,7 @@ DMEM_MS_ENTRY(float, f)
 #define VT_ DMEM_MS_VT
 #define L_ DMEM_MS_L
 #define FN(name) DMEM_MS_CAT(name, DMEM_MS_SUFFIX, DMEM_MS_ISA)
-#define ATTR_INLINE DMEM_MS_ATTR DMEM_MS_INLINE
+#define ATTR_INLINE DMEM_MS_ATTR DMEM_INLINE
 
 ATTR_INLINE VT_ FN(ld)(const T_ *p) { return *(const DMEM_MS_VTU *)p; }
 
@@ -287,14 +228,14 @@ ATTR_INLINE VT_ FN(ldp)(const T_ *p, Py_ssize_t r)
     return (VT_)_mm512_maskz_loadu_pd((__mmask8)((1u << r) - 1u), (const void *)p);
 #elif defined(DMEM_MS_MASKED)
     return (VT_)_mm512_maskz_loadu_ps((__mmask16)((1u << r) - 1u), (const void *)p);
-#elif DMEM_MS_X86 && L_ == 4 && DMEM_MS_DOUBLE
+#elif DMEM_X86 && L_ == 4 && DMEM_MS_DOUBLE
     return (VT_)_mm256_maskload_pd(p, _mm256_loadu_si256((const __m256i *)(dmem_ms_mask64 + 4 - r)));
-#elif DMEM_MS_X86 && L_ == 8
+#elif DMEM_X86 && L_ == 8
     return (VT_)_mm256_maskload_ps(p, _mm256_loadu_si256((const __m256i *)(dmem_ms_mask32 + 8 - r)));
-#elif DMEM_MS_X86 && L_ == 2
+#elif DMEM_X86 && L_ == 2
     (void)r;
     return (VT_)_mm_load_sd(p);
-#elif DMEM_MS_X86 && L_ == 4
+#elif DMEM_X86 && L_ == 4
     if (r == 1)
         return (VT_)_mm_load_ss(p);
     __m128 lo = _mm_castpd_ps(_mm_set_sd(*(const dmem_ms_pair *)p));
@@ -317,16 +258,16 @@ ATTR_INLINE void FN(stp)(T_ *p, VT_ v, Py_ssize_t r)
     _mm512_mask_storeu_pd((void *)p, (__mmask8)((1u << r) - 1u), (__m512d)v);
 #elif defined(DMEM_MS_MASKED)
     _mm512_mask_storeu_ps((void *)p, (__mmask16)((1u << r) - 1u), (__m512)v);
-#elif DMEM_MS_X86 && L_ == 4 && DMEM_MS_DOUBLE
+#elif DMEM_X86 && L_ == 4 && DMEM_MS_DOUBLE
     _mm256_maskstore_pd(p, _mm256_loadu_si256((const __m256i *)(dmem_ms_mask64 + 4 - r)),
                         (__m256d)v);
-#elif DMEM_MS_X86 && L_ == 8
+#elif DMEM_X86 && L_ == 8
     _mm256_maskstore_ps(p, _mm256_loadu_si256((const __m256i *)(dmem_ms_mask32 + 8 - r)),
                         (__m256)v);
-#elif DMEM_MS_X86 && L_ == 2
+#elif DMEM_X86 && L_ == 2
     (void)r;
     _mm_store_sd(p, (__m128d)v);
-#elif DMEM_MS_X86 && L_ == 4
+#elif DMEM_X86 && L_ == 4
     if (r == 1) {
         _mm_store_ss(p, (__m128)v);
         return;
@@ -346,19 +287,19 @@ ATTR_INLINE T_ FN(hsum)(VT_ v)
 {
 #if L_ == 1
     return v;
-#elif DMEM_MS_X86 && L_ == 8 && DMEM_MS_DOUBLE
+#elif DMEM_X86 && L_ == 8 && DMEM_MS_DOUBLE
     __m256d x = _mm256_add_pd(_mm512_castpd512_pd256((__m512d)v),
                               _mm512_extractf64x4_pd((__m512d)v, 1));
     __m128d y = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
     return _mm_cvtsd_f64(_mm_add_sd(y, _mm_unpackhi_pd(y, y)));
-#elif DMEM_MS_X86 && L_ == 4 && DMEM_MS_DOUBLE
+#elif DMEM_X86 && L_ == 4 && DMEM_MS_DOUBLE
     __m128d y = _mm_add_pd(_mm256_castpd256_pd128((__m256d)v),
                            _mm256_extractf128_pd((__m256d)v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(y, _mm_unpackhi_pd(y, y)));
-#elif DMEM_MS_X86 && L_ == 2 && DMEM_MS_DOUBLE
+#elif DMEM_X86 && L_ == 2 && DMEM_MS_DOUBLE
     __m128d y = (__m128d)v;
     return _mm_cvtsd_f64(_mm_add_sd(y, _mm_unpackhi_pd(y, y)));
-#elif DMEM_MS_X86 && !DMEM_MS_DOUBLE
+#elif DMEM_X86 && !DMEM_MS_DOUBLE
     __m128 y;
 #if L_ == 16
     __m512d d = _mm512_castps_pd((__m512)v);

@@ -1,6 +1,7 @@
 /*
  * dmem: what the SIMD loops of the kernels share (linkage_simd.h,
- * allocation_simd.h): the vector types of GCC/clang vector extensions, the
+ * allocation_simd.h; memory_simd.h and addressing_simd.h for the CPU levels):
+ * the vector types of GCC/clang vector extensions, the
  * instruction sets a loop is compiled for, and the CPU's support for them.
  *
  * Levels: 0 the build's baseline ISA (SSE2 on x86-64, NEON on aarch64), 1
@@ -19,7 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__GNUC__)
+/* DMEM_NO_VECTORS (define it to build): the scalar loops, for tests. */
+#if defined(__GNUC__) && !defined(DMEM_NO_VECTORS)
 #define DMEM_VECTORS 1
 #define DMEM_RESTRICT __restrict__
 #define DMEM_INLINE static inline __attribute__((always_inline))
