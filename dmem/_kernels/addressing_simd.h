@@ -30,7 +30,7 @@
  * are added in a fixed order: results depend on the instruction set, never
  * on the thread count.
  *
- * Runtime dispatch (as in linkage_simd.h): on x86 with GCC or clang every
+ * Runtime dispatch (levels of simd.h): on x86 with GCC or clang every
  * function is compiled three times, for the build's baseline ISA (SSE2 on
  * x86-64), with __attribute__((target("avx2,fma"))) and with AVX-512 F/VL/DQ
  * as well (64-byte vectors; the last w % 8 values of a memory row go through
@@ -61,11 +61,10 @@
 #define DMEM_CW_INLINE static inline
 #endif
 
-#if DMEM_CW_VECTORS && (defined(__x86_64__) || defined(__i386__)) && !defined(DMEM_NO_SIMD_DISPATCH)
-#define DMEM_CW_DISPATCH 1
-#else
-#define DMEM_CW_DISPATCH 0
-#endif
+#include "simd.h"
+
+/* Levels 1 and 2 are compiled where simd.h dispatches to them. */
+#define DMEM_CW_DISPATCH DMEM_SIMD_DISPATCH
 
 #if DMEM_CW_VECTORS && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
 #include <immintrin.h>
@@ -120,7 +119,7 @@ typedef unsigned long long dmem_cw_u8 __attribute__((vector_size(64)));
 
 #if DMEM_CW_DISPATCH
 /* ---- AVX2 + FMA ---- */
-#define DMEM_CW_ATTR __attribute__((target("avx2,fma")))
+#define DMEM_CW_ATTR DMEM_ATTR_AVX2
 #define DMEM_CW_ISA avx2
 #define DMEM_CW_V 4
 #define DMEM_CW_VT dmem_cw_d4
@@ -134,7 +133,7 @@ typedef unsigned long long dmem_cw_u8 __attribute__((vector_size(64)));
 
 /* ---- AVX-512 (F, VL, DQ) + FMA: 64-byte vectors, masked loads and stores
  * for the last values of a row ---- */
-#define DMEM_CW_ATTR __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define DMEM_CW_ATTR DMEM_ATTR_AVX512
 #define DMEM_CW_ISA avx512
 #define DMEM_CW_V 8
 #define DMEM_CW_VT dmem_cw_d8
@@ -151,45 +150,21 @@ typedef unsigned long long dmem_cw_u8 __attribute__((vector_size(64)));
 
 /* ---- dispatch ---- */
 
-/* 2 when the AVX-512 versions run, 1 for AVX2/FMA, 0 for the baseline. */
+/* The level in force (simd.h): 2 AVX-512, 1 AVX2/FMA, 0 the baseline. */
 static int dmem_addressing_simd = 0;
 
-/* The best level this CPU supports: 2 (AVX-512 F/VL/DQ, AVX2 and FMA), 1
- * (AVX2 and FMA) or 0. */
-static int dmem_addressing_simd_supported(void)
-{
-#if DMEM_CW_DISPATCH
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
-        return 0;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512dq"))
-        return 2;
-    return 1;
-#else
-    return 0;
-#endif
-}
+static int dmem_addressing_simd_supported(void) { return dmem_simd_supported(); }
 
-/* Select the versions to run: the level asked for (0, 1 or 2), or the best
- * supported one below it.  Returns the level in force. */
 static int dmem_addressing_set_simd(int level)
 {
-    int best = dmem_addressing_simd_supported();
-    dmem_addressing_simd = level < 0 ? 0 : (level > best ? best : level);
+    dmem_addressing_simd = dmem_simd_level(level);
     return dmem_addressing_simd;
 }
 
 static int dmem_addressing_get_simd(void) { return dmem_addressing_simd; }
 
-#if DMEM_CW_DISPATCH
-#define DMEM_CW_CALL(name, suffix, args)                                             \
-    (dmem_addressing_simd == 2 ? dmem_cw_##name##_##suffix##_avx512 args            \
-     : dmem_addressing_simd == 1 ? dmem_cw_##name##_##suffix##_avx2 args            \
-     : dmem_cw_##name##_##suffix##_base args)
-#else
-#define DMEM_CW_CALL(name, suffix, args) (dmem_cw_##name##_##suffix##_base args)
-#endif
+#define DMEM_CW_CALL(name, suffix, args) \
+    DMEM_SIMD_CALL(dmem_addressing_simd, cw_##name, suffix, args)
 
 /* Forward of one head: the similarities c_i into `cosines` and the weighting
  * softmax(β c) into `z` (double, N).  When `first`, the norms
