@@ -33,6 +33,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
+from dmem._kernels import _simd
+
 # ---------------------------------------------------------------- content helpers
 #
 # The loops over memory of the content weighting are C, in addressing_simd.h: rows
@@ -93,32 +95,18 @@ cdef extern from "addressing_simd.h" nogil:
     int dmem_addressing_get_simd()
 
 
-dmem_addressing_set_simd(2)
-
-_SIMD_LEVELS = ("baseline", "avx2+fma", "avx512")
+dmem_addressing_set_simd(2)  # the widest this CPU has
 
 
-def simd_level():
-    """The instruction set of the addressing loops: ``"avx512"`` (AVX-512 F/VL/DQ
-    with AVX2 and FMA), ``"avx2+fma"`` or ``"baseline"`` (the build's own, e.g.
-    SSE2 on x86-64, NEON on aarch64)."""
-    return _SIMD_LEVELS[dmem_addressing_get_simd()]
+def _simd_query(level=None):
+    """Set the level of the addressing loops (when given); (in force, widest supported)."""
+    if level is not None:
+        dmem_addressing_set_simd(level)
+    return dmem_addressing_get_simd(), dmem_addressing_simd_supported()
 
 
-def simd_levels_supported():
-    """The levels :func:`_set_simd` can select on this CPU, baseline first."""
-    return _SIMD_LEVELS[:dmem_addressing_simd_supported() + 1]
-
-
-def _set_simd(level):
-    """Select the loops (for tests and benchmarks): ``True`` for the best this CPU
-    has, ``False`` for the baseline ones, or a name from :func:`simd_levels_supported`
-    (a level the CPU lacks gives the best below it).  Returns :func:`simd_level`."""
-    if level is True or level is False:
-        dmem_addressing_set_simd(2 if level else 0)
-    else:
-        dmem_addressing_set_simd(_SIMD_LEVELS.index(level))
-    return simd_level()
+SIMD_LEVELS = _simd.SIMD_LEVELS
+simd_level, simd_levels_supported, _set_simd = _simd.functions(_simd_query, "addressing")
 
 
 cdef inline double _content_head(const floating* memory, double* memory_norms, bint first,

@@ -18,6 +18,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
+from dmem._kernels import _simd
+
 cdef extern from "allocation_simd.h" nogil:
     void dmem_usage_forward_d(const double* up, const double* wp, const double* wr,
                               const double* f, double* out, Py_ssize_t n, Py_ssize_t nr)
@@ -36,30 +38,16 @@ cdef extern from "allocation_simd.h" nogil:
 
 dmem_allocation_set_simd(2)  # the widest this CPU has
 
-# Names of the instruction sets of the usage loops, by level (simd.h).
-SIMD_LEVELS = ("baseline", "avx2+fma", "avx512")
+
+def _simd_query(level=None):
+    """Set the level of the usage loops (when given); (in force, widest supported)."""
+    if level is not None:
+        dmem_allocation_set_simd(level)
+    return dmem_allocation_get_simd(), dmem_allocation_simd_supported()
 
 
-def simd_level():
-    """The instruction set of the usage loops: ``"avx512"``, ``"avx2+fma"`` or
-    ``"baseline"``."""
-    return SIMD_LEVELS[dmem_allocation_get_simd()]
-
-
-def simd_levels_supported():
-    """The levels :func:`_set_simd` can select on this CPU, baseline first."""
-    return SIMD_LEVELS[:dmem_allocation_simd_supported() + 1]
-
-
-def _set_simd(level):
-    """Select the usage loops (for tests and benchmarks): ``True`` for the best
-    this CPU has, ``False`` for the baseline, or a name from :data:`SIMD_LEVELS`.
-    Returns :func:`simd_level`."""
-    if level is True or level is False:
-        dmem_allocation_set_simd(2 if level else 0)
-    else:
-        dmem_allocation_set_simd(SIMD_LEVELS.index(level))
-    return simd_level()
+SIMD_LEVELS = _simd.SIMD_LEVELS
+simd_level, simd_levels_supported, _set_simd = _simd.functions(_simd_query, "usage")
 
 
 # The ε of the allocation weighting (part of the contract).

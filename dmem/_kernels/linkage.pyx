@@ -67,8 +67,18 @@ from dmem._kernels.linkage_simd cimport (
     dmem_temporal_backward_f,
     dmem_linkage_simd_supported, dmem_linkage_set_simd, dmem_linkage_get_simd)
 
+from dmem._kernels import _simd
+
 
 dmem_linkage_set_simd(2)  # the widest this CPU has
+
+
+def _simd_query(level=None):
+    """Set the level of the link loops (when given); (in force, widest supported)."""
+    if level is not None:
+        dmem_linkage_set_simd(level)
+    return dmem_linkage_get_simd(), dmem_linkage_simd_supported()
+
 
 # Link outputs of at least this many bytes (all batch rows) are written with
 # non-temporal stores, unless in place: they cannot stay in cache until they are
@@ -82,31 +92,9 @@ cdef inline int _stream(Py_ssize_t B, Py_ssize_t N, Py_ssize_t itemsize) noexcep
     return 1 if B * N * N * itemsize >= STREAM_MIN_BYTES else 0
 
 
-# Names of the instruction sets of the link loops, by level.
-SIMD_LEVELS = ("baseline", "avx2+fma", "avx512")
-
-
-def simd_level():
-    """The instruction set of the link, link_step and temporal_weights loops:
-    ``"avx512"`` (AVX-512 F/VL/DQ with AVX2 and FMA), ``"avx2+fma"`` or
-    ``"baseline"`` (the build's own, e.g. SSE2 on x86-64, NEON on aarch64)."""
-    return SIMD_LEVELS[dmem_linkage_get_simd()]
-
-
-def simd_levels_supported():
-    """The levels :func:`_set_simd` can select on this CPU, baseline first."""
-    return SIMD_LEVELS[:dmem_linkage_simd_supported() + 1]
-
-
-def _set_simd(level):
-    """Select the loops (for tests and benchmarks): ``True`` for the best this CPU
-    has, ``False`` for the baseline ones, or a name from :data:`SIMD_LEVELS` (a
-    level the CPU lacks gives the best below it).  Returns :func:`simd_level`."""
-    if level is True or level is False:
-        dmem_linkage_set_simd(2 if level else 0)
-    else:
-        dmem_linkage_set_simd(SIMD_LEVELS.index(level))
-    return simd_level()
+SIMD_LEVELS = _simd.SIMD_LEVELS
+simd_level, simd_levels_supported, _set_simd = _simd.functions(
+    _simd_query, "link, link_step and temporal_weights")
 
 
 # ----------------------------------------------------------------------------

@@ -18,6 +18,8 @@ deterministically.
 from cython cimport floating
 from cython.parallel cimport prange
 
+from dmem._kernels import _simd
+
 
 cdef extern from "memory_simd.h" nogil:
     void dmem_memory_read_d(const double* memory, const double* weights, double* reads,
@@ -55,32 +57,18 @@ cdef extern from "memory_simd.h" nogil:
     int dmem_memory_get_simd()
 
 
-dmem_memory_set_simd(2)
-
-_SIMD_LEVELS = ("baseline", "avx2+fma", "avx512")
+dmem_memory_set_simd(2)  # the widest this CPU has
 
 
-def simd_level():
-    """The instruction set of the read and write loops: ``"avx512"`` (AVX-512
-    F/VL/DQ with AVX2 and FMA), ``"avx2+fma"`` or ``"baseline"`` (the build's
-    own, e.g. SSE2 on x86-64, NEON on aarch64)."""
-    return _SIMD_LEVELS[dmem_memory_get_simd()]
+def _simd_query(level=None):
+    """Set the level of the read and write loops (when given); (in force, widest supported)."""
+    if level is not None:
+        dmem_memory_set_simd(level)
+    return dmem_memory_get_simd(), dmem_memory_simd_supported()
 
 
-def simd_levels_supported():
-    """The levels :func:`_set_simd` can select on this CPU, baseline first."""
-    return _SIMD_LEVELS[:dmem_memory_simd_supported() + 1]
-
-
-def _set_simd(level):
-    """Select the loops (for tests and benchmarks): ``True`` for the best this CPU
-    has, ``False`` for the baseline ones, or a name from :func:`simd_levels_supported`
-    (a level the CPU lacks gives the best below it).  Returns :func:`simd_level`."""
-    if level is True or level is False:
-        dmem_memory_set_simd(2 if level else 0)
-    else:
-        dmem_memory_set_simd(_SIMD_LEVELS.index(level))
-    return simd_level()
+SIMD_LEVELS = _simd.SIMD_LEVELS
+simd_level, simd_levels_supported, _set_simd = _simd.functions(_simd_query, "read and write")
 
 
 # ---------------------------------------------------------------- read

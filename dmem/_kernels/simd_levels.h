@@ -37,16 +37,7 @@
 #if DMEM_X86
 #define DMEM_STREAM(p, v) _mm_stream_pd((p), (__m128d)(v))
 #endif
-#include "simd_begin.h"
-#include DMEM_SIMD_IMPL
-#include "simd_end.h"
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_SUFFIX
-#undef DMEM_V
-#undef DMEM_VT
-#undef DMEM_VTU
-#undef DMEM_STREAM
+#include "simd_one.h"
 
 #define DMEM_T float
 #define DMEM_T_SIZE 4
@@ -63,16 +54,7 @@
 #if DMEM_X86
 #define DMEM_STREAM(p, v) _mm_stream_ps((p), (__m128)(v))
 #endif
-#include "simd_begin.h"
-#include DMEM_SIMD_IMPL
-#include "simd_end.h"
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_SUFFIX
-#undef DMEM_V
-#undef DMEM_VT
-#undef DMEM_VTU
-#undef DMEM_STREAM
+#include "simd_one.h"
 #undef DMEM_ATTR
 #undef DMEM_ISA
 
@@ -89,16 +71,7 @@
 #define DMEM_STREAM(p, v)                                                      \
     (_mm_stream_pd((p), _mm256_castpd256_pd128((__m256d)(v))),                 \
      _mm_stream_pd((p) + 2, _mm256_extractf128_pd((__m256d)(v), 1)))
-#include "simd_begin.h"
-#include DMEM_SIMD_IMPL
-#include "simd_end.h"
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_SUFFIX
-#undef DMEM_V
-#undef DMEM_VT
-#undef DMEM_VTU
-#undef DMEM_STREAM
+#include "simd_one.h"
 
 #define DMEM_T float
 #define DMEM_T_SIZE 4
@@ -109,16 +82,7 @@
 #define DMEM_STREAM(p, v)                                                      \
     (_mm_stream_ps((p), _mm256_castps256_ps128((__m256)(v))),                  \
      _mm_stream_ps((p) + 4, _mm256_extractf128_ps((__m256)(v), 1)))
-#include "simd_begin.h"
-#include DMEM_SIMD_IMPL
-#include "simd_end.h"
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_SUFFIX
-#undef DMEM_V
-#undef DMEM_VT
-#undef DMEM_VTU
-#undef DMEM_STREAM
+#include "simd_one.h"
 #undef DMEM_ATTR
 #undef DMEM_ISA
 
@@ -136,16 +100,7 @@
      _mm_stream_pd((p) + 2, _mm512_extractf64x2_pd((__m512d)(v), 1)),          \
      _mm_stream_pd((p) + 4, _mm512_extractf64x2_pd((__m512d)(v), 2)),          \
      _mm_stream_pd((p) + 6, _mm512_extractf64x2_pd((__m512d)(v), 3)))
-#include "simd_begin.h"
-#include DMEM_SIMD_IMPL
-#include "simd_end.h"
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_SUFFIX
-#undef DMEM_V
-#undef DMEM_VT
-#undef DMEM_VTU
-#undef DMEM_STREAM
+#include "simd_one.h"
 
 #define DMEM_T float
 #define DMEM_T_SIZE 4
@@ -158,16 +113,7 @@
      _mm_stream_ps((p) + 4, _mm512_extractf32x4_ps((__m512)(v), 1)),           \
      _mm_stream_ps((p) + 8, _mm512_extractf32x4_ps((__m512)(v), 2)),           \
      _mm_stream_ps((p) + 12, _mm512_extractf32x4_ps((__m512)(v), 3)))
-#include "simd_begin.h"
-#include DMEM_SIMD_IMPL
-#include "simd_end.h"
-#undef DMEM_T
-#undef DMEM_T_SIZE
-#undef DMEM_SUFFIX
-#undef DMEM_V
-#undef DMEM_VT
-#undef DMEM_VTU
-#undef DMEM_STREAM
+#include "simd_one.h"
 #undef DMEM_ATTR
 #undef DMEM_ISA
 #endif
