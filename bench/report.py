@@ -2,6 +2,7 @@
 
     pytest bench --benchmark-json=bench/results/ops.json
     python bench/report.py bench/results/ops.json [--stat median]
+    python bench/report.py run.json --compact small.json   # also: a copy without per-round times
 
 Benchmarks are matched by group (e.g. ``"link fwd+bwd|B=16,N=256"``); within a
 group, the ``implementation`` recorded in ``extra_info`` names the column.  The
@@ -164,11 +165,27 @@ def _provenance(data):
     return line + (f"; {' '.join(envs)}" if envs else "")
 
 
+def compact(path, out):
+    """Write the run at ``path`` to ``out`` without each benchmark's ``stats.data``."""
+    data = _read(path)
+    for bench in data.get("benchmarks", []):
+        bench.get("stats", {}).pop("data", None)
+    with open(out, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="pytest-benchmark JSON file")
     parser.add_argument("--stat", default="median", choices=["min", "median", "mean"])
+    parser.add_argument("--compact", metavar="OUT",
+                        help="also write the run to OUT without the time of every round "
+                             "(the statistics stay; a few hundred KiB instead of up to "
+                             "hundreds of MiB), e.g. to keep it in git")
     args = parser.parse_args(argv)
+    if args.compact:
+        compact(args.json, args.compact)
     table, machine, threads = load(args.json, args.stat)
     if not table:
         print("no benchmarks in", args.json, file=sys.stderr)
