@@ -15,7 +15,7 @@ These functions ignore the backend switch: they always run the kernels.  Use
 Outputs of 256 KiB or more are recycled: an array is written again only once
 nothing but the pool refers to it, so an output you hold is never overwritten.
 Up to 256 MiB stay allocated between calls; :func:`release_outputs` frees
-them.
+them.  :func:`simd_levels` tells which instruction set the loops run.
 """
 
 import importlib
@@ -37,6 +37,24 @@ def release_outputs():
     except ImportError:
         return
     release()
+
+
+def simd_levels():
+    """The instruction set each family of compiled loops runs:
+    ``{"addressing": ..., "memory": ..., "allocation": ..., "linkage": ...}``, each
+    ``"avx512"``, ``"avx2+fma"`` or ``"baseline"`` (the widest this CPU has, chosen
+    at import).  Results of the compiled ops depend on it in their last bits
+    (fused multiply-adds, the lanes of sums), never on the thread count.
+    Empty without the extension."""
+    levels = {}
+    for family in ("addressing", "memory", "allocation", "linkage"):
+        try:
+            module = importlib.import_module(f"dmem._kernels.{family}")
+        except ImportError:
+            continue
+        levels[family] = module.simd_level()
+    return levels
+
 
 _last = threading.local()
 
@@ -98,7 +116,7 @@ def _load():
 
 _load()
 
-__all__ = ["release_outputs"] + sorted(
+__all__ = ["release_outputs", "simd_levels"] + sorted(
     [name for name in KERNELS]
     + [name + "_forward" for name in KERNELS]
     + [name + "_backward" for name in KERNELS]

@@ -574,6 +574,13 @@ def test_simd_level_is_reported():
     kernels._set_simd(level)
 
 
+def test_public_report_of_the_instruction_sets(instruction_set):
+    levels = compiled_ops.simd_levels()
+    assert sorted(levels) == ["addressing", "allocation", "linkage", "memory"]
+    assert levels["linkage"] == instruction_set  # this module's fixture selected it
+    assert all(level in kernels.SIMD_LEVELS for level in levels.values())
+
+
 # ---------------------------------------------------------------- temporal_weights row loops:
 # any N (also shorter than, or not a multiple of, a vector), any R (groups of four
 # heads and a remainder), an arbitrary L (its diagonal is not zeroed)
