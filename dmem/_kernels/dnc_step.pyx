@@ -90,15 +90,16 @@ cdef inline floating _keep(const floating* w, Py_ssize_t n) noexcept nogil:
 
 cdef int _forward_row(const floating* lp, const floating* pp, const floating* w,
                       const floating* wr, floating* L, floating* p, floating* f,
-                      floating* bw, Py_ssize_t n, Py_ssize_t nr, int nt) noexcept nogil:
+                      floating* bw, Py_ssize_t n, Py_ssize_t nr, int nt,
+                      int simd) noexcept nogil:
     """Link step of one batch row; -1 when scratch memory cannot be allocated."""
     cdef int status
     cdef floating keep
     cdef Py_ssize_t j
     if floating is double:
-        status = dmem_link_forward_d(lp, pp, w, wr, L, f, bw, n, nr, nt)
+        status = dmem_link_forward_d(simd, lp, pp, w, wr, L, f, bw, n, nr, nt)
     else:
-        status = dmem_link_forward_f(lp, pp, w, wr, L, f, bw, n, nr, nt)
+        status = dmem_link_forward_f(simd, lp, pp, w, wr, L, f, bw, n, nr, nt)
     keep = _keep(w, n)
     for j in range(n):
         p[j] = keep * pp[j] + w[j]
@@ -109,15 +110,17 @@ cdef int _backward_row(const floating* lp, const floating* pp, const floating* w
                        const floating* wr, const floating* dL, const floating* dp,
                        const floating* df, const floating* db, floating* dlp,
                        floating* dpp, floating* dw, floating* dwr, Py_ssize_t n,
-                       Py_ssize_t nr) noexcept nogil:
+                       Py_ssize_t nr, int simd) noexcept nogil:
     """Backward of the link step of one batch row (link, then precedence added)."""
     cdef int status
     cdef floating keep, shared = 0
     cdef Py_ssize_t j
     if floating is double:
-        status = dmem_link_backward_d(lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, 0)
+        status = dmem_link_backward_d(simd, lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n,
+                                      nr, 0)
     else:
-        status = dmem_link_backward_f(lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, 0)
+        status = dmem_link_backward_f(simd, lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n,
+                                      nr, 0)
     # precedence: dp_prev += (1 − Σw) dp ;  dw += dp − dp·p_prev
     keep = _keep(w, n)
     for j in range(n):
@@ -139,6 +142,7 @@ cdef struct Sizes:
     Py_ssize_t link_k               # every link_k-th link matrix kept; 0: all of them
     Py_ssize_t fwork, dwork         # per-row scratch: model dtype, double
     bint lstm, train, stream
+    int simd                        # the SIMD level of the link loops (linkage_simd.h)
 
 
 cdef struct Buffers:
@@ -456,7 +460,7 @@ cdef int _memory_forward_row(Sizes* n, Buffers* p, Py_ssize_t t, Py_ssize_t b,
     # temporal linkage: L_{t+1}, p_{t+1}, forward and backward weightings
     status = _forward_row((lp + b * N * N) if lp != NULL else NULL, prec + rowN,
                           ww + nextN, wr_prev, lout + b * N * N, prec + nextN,
-                          <floating*>p.fwd + rowRN, <floating*>p.bwd + rowRN, N, R, nt)
+                          <floating*>p.fwd + rowRN, <floating*>p.bwd + rowRN, N, R, nt, n.simd)
     # read heads: content weightings on M_{t+1}, read weighting, read
     _content_weights_row(m, xi, act, cr, <floating*>p.cr_cos + rowRN,
                          <floating*>p.cr_mnorm + rowN, <floating*>p.cr_knorm + tb * R,
@@ -567,7 +571,7 @@ cdef int _memory_backward_row(Sizes* n, Buffers* p, Py_ssize_t t, Py_ssize_t b,
         d_mem[j] = (d_mem[j] + d_mem_r[j]) + d_mem_c[j]
     # link step: the link cotangent of L_{t+1} becomes that of L_t, in place
     status = _backward_row(lp, <floating*>p.prec + rowN, ww + nextN, wr_prev, dl, d_p,
-                           d_fwd, d_back, dlp, d_p_prev, d_ww_link, d_wr_link, N, R)
+                           d_fwd, d_back, dlp, d_p_prev, d_ww_link, d_wr_link, N, R, n.simd)
     for j in range(N):
         d_p[j] = d_p_prev[j]
     # write: erase and write vector of the interface
@@ -624,12 +628,12 @@ cdef int _recompute_row(Sizes* n, Buffers* p, Py_ssize_t start, Py_ssize_t stop,
         lp = _link_at(n, p, t, tag)
         out = _link_at(n, p, t + 1, tag) + b * NN
         if floating is double:
-            status |= dmem_link_forward_d((lp + b * NN) if lp != NULL else NULL,
+            status |= dmem_link_forward_d(n.simd, (lp + b * NN) if lp != NULL else NULL,
                                           <double*>p.prec + tb * N,
                                           <double*>p.ww + (tb + n.B) * N, NULL, out,
                                           NULL, NULL, N, 0, 0)
         else:
-            status |= dmem_link_forward_f((lp + b * NN) if lp != NULL else NULL,
+            status |= dmem_link_forward_f(n.simd, (lp + b * NN) if lp != NULL else NULL,
                                           <float*>p.prec + tb * N,
                                           <float*>p.ww + (tb + n.B) * N, NULL, out,
                                           NULL, NULL, N, 0, 0)
@@ -810,7 +814,7 @@ cdef class DNCSequence:
                              f"{self.n.T} steps")
         if num_threads < 1:
             num_threads = 1
-        dmem_linkage_set_simd(self.simd)
+        self.n.simd = self.simd
         with nogil:
             if self.is_double:
                 failed = _run(&self.n, &self.p, what, t, t2, num_threads, <double>0)

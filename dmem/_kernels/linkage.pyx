@@ -92,6 +92,24 @@ cdef inline int _stream(Py_ssize_t B, Py_ssize_t N, Py_ssize_t itemsize) noexcep
     return 1 if B * N * N * itemsize >= STREAM_MIN_BYTES else 0
 
 
+# Link matrices of at least this many bytes (all batch rows) are run with the
+# AVX2 loops when AVX-512 is in force: see _level.
+cdef Py_ssize_t WIDE_MAX_BYTES = 32 * 1024 * 1024
+
+
+cdef inline int _level(Py_ssize_t B, Py_ssize_t N, Py_ssize_t itemsize) noexcept:
+    """The SIMD level of one call: the level in force, but AVX2 rather than AVX-512
+    for link matrices of WIDE_MAX_BYTES or more.  Those stream from memory, and
+    there the 64-byte vectors, which cross a cache line at every load of a numpy
+    array (its data starts 16 bytes into a line), made link_step at B=16, N=1024
+    slower than AVX2 (31.8 against 28.2 ms fwd+bwd, in place, 2 threads); from
+    cache (N <= 256) they are faster (backward 500 against 645 µs at N=256)."""
+    cdef int level = dmem_linkage_get_simd()
+    if level > 1 and B * N * N * itemsize >= WIDE_MAX_BYTES:
+        return 1
+    return level
+
+
 SIMD_LEVELS = _simd.SIMD_LEVELS
 simd_level, simd_levels_supported, _set_simd = _simd.functions(
     _simd_query, "link, link_step and temporal_weights")
@@ -163,16 +181,16 @@ cdef void _precedence_backward_batch(const floating* pp, const floating* w, cons
 cdef inline int _link_step_batch(const floating* lp, const floating* pp, const floating* w,
                                  const floating* wr, floating* L, floating* p, floating* f,
                                  floating* bw, Py_ssize_t n, Py_ssize_t nr,
-                                 bint with_precedence, int nt) noexcept nogil:
+                                 bint with_precedence, int nt, int level) noexcept nogil:
     """New link matrix, and precedence (when with_precedence) and temporal weights
     (when nr > 0) of one batch row.  Returns -1 when scratch memory cannot be
     allocated, else 0.
     """
     cdef int status
     if floating is double:
-        status = dmem_link_forward_d(lp, pp, w, wr, L, f, bw, n, nr, nt)
+        status = dmem_link_forward_d(level, lp, pp, w, wr, L, f, bw, n, nr, nt)
     else:
-        status = dmem_link_forward_f(lp, pp, w, wr, L, f, bw, n, nr, nt)
+        status = dmem_link_forward_f(level, lp, pp, w, wr, L, f, bw, n, nr, nt)
     if with_precedence:
         _precedence_batch(pp, w, p, n)
     return status
@@ -184,7 +202,8 @@ cdef inline int _link_step_backward_batch(const floating* lp, const floating* pp
                                           const floating* df, const floating* db,
                                           floating* dlp, floating* dpp, floating* dw,
                                           floating* dwr, Py_ssize_t n, Py_ssize_t nr,
-                                          bint with_precedence, int nt) noexcept nogil:
+                                          bint with_precedence, int nt,
+                                          int level) noexcept nogil:
     """Backward of link (+ precedence, temporal weights when nr > 0) for one batch row.
 
     dL may be NULL (a zero cotangent) or equal to dlp (in place).  Returns -1
@@ -192,9 +211,11 @@ cdef inline int _link_step_backward_batch(const floating* lp, const floating* pp
     """
     cdef int status
     if floating is double:
-        status = dmem_link_backward_d(lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt)
+        status = dmem_link_backward_d(level, lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n,
+                                      nr, nt)
     else:
-        status = dmem_link_backward_f(lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt)
+        status = dmem_link_backward_f(level, lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n,
+                                      nr, nt)
     if with_precedence:
         _precedence_backward_batch(pp, w, dp, dpp, dw, n, True)
     return status
@@ -257,11 +278,12 @@ def link_forward(const floating[:, :, ::1] link_prev, const floating[:, ::1] wri
     """``link[b]`` from ``link_prev[b]`` `(B, N, N)`, ``write_weights``, ``precedence_prev`` `(B, N)`."""
     cdef Py_ssize_t B = link_prev.shape[0], N = link_prev.shape[1], b
     cdef int nt = _stream(B, N, sizeof(floating))
+    cdef int level = _level(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
         status[b] = _link_step_batch(&link_prev[b, 0, 0], &precedence_prev[b, 0],
                                      &write_weights[b, 0], NULL, &link[b, 0, 0], NULL, NULL,
-                                     NULL, N, 0, False, nt)
+                                     NULL, N, 0, False, nt, level)
     _check_status(status)
 
 
@@ -272,12 +294,14 @@ def link_backward(const floating[:, :, ::1] link_prev, const floating[:, ::1] wr
     """Gradients of ``link`` w.r.t. ``link_prev``, ``write_weights``, ``precedence_prev``."""
     cdef Py_ssize_t B = link_prev.shape[0], N = link_prev.shape[1], b
     cdef int nt = _stream(B, N, sizeof(floating))
+    cdef int level = _level(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
         status[b] = _link_step_backward_batch(
             &link_prev[b, 0, 0], &precedence_prev[b, 0], &write_weights[b, 0], NULL,
             &grad_link[b, 0, 0], NULL, NULL, NULL, &grad_link_prev[b, 0, 0],
-            &grad_precedence_prev[b, 0], &grad_write_weights[b, 0], NULL, N, 0, False, nt)
+            &grad_precedence_prev[b, 0], &grad_write_weights[b, 0], NULL, N, 0, False, nt,
+            level)
     _check_status(status)
 
 
@@ -287,14 +311,15 @@ def temporal_weights_forward(const floating[:, :, ::1] link,
                              floating[:, :, ::1] backward_weights, int num_threads=1):
     """``f_r = L w_r``, ``b_r = Lᵀ w_r``; link `(B, N, N)`, weights `(B, R, N)`."""
     cdef Py_ssize_t B = link.shape[0], N = link.shape[1], R = read_weights_prev.shape[1], b
+    cdef int level = _level(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
         if floating is double:
-            status[b] = dmem_temporal_forward_d(&link[b, 0, 0], &read_weights_prev[b, 0, 0],
+            status[b] = dmem_temporal_forward_d(level, &link[b, 0, 0], &read_weights_prev[b, 0, 0],
                                                 &forward_weights[b, 0, 0],
                                                 &backward_weights[b, 0, 0], N, R)
         else:
-            status[b] = dmem_temporal_forward_f(&link[b, 0, 0], &read_weights_prev[b, 0, 0],
+            status[b] = dmem_temporal_forward_f(level, &link[b, 0, 0], &read_weights_prev[b, 0, 0],
                                                 &forward_weights[b, 0, 0],
                                                 &backward_weights[b, 0, 0], N, R)
     _check_status(status)
@@ -309,15 +334,16 @@ def temporal_weights_backward(const floating[:, :, ::1] link,
     """Gradients of ``temporal_weights`` w.r.t. ``link`` and ``read_weights_prev``."""
     cdef Py_ssize_t B = link.shape[0], N = link.shape[1], R = read_weights_prev.shape[1], b
     cdef int nt = _stream(B, N, sizeof(floating))
+    cdef int level = _level(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
     for b in prange(B, nogil=True, schedule="static", num_threads=num_threads):
         if floating is double:
-            status[b] = dmem_temporal_backward_d(&link[b, 0, 0], &read_weights_prev[b, 0, 0],
+            status[b] = dmem_temporal_backward_d(level, &link[b, 0, 0], &read_weights_prev[b, 0, 0],
                                                  &grad_forward[b, 0, 0], &grad_backward[b, 0, 0],
                                                  &grad_link[b, 0, 0],
                                                  &grad_read_weights_prev[b, 0, 0], N, R, nt)
         else:
-            status[b] = dmem_temporal_backward_f(&link[b, 0, 0], &read_weights_prev[b, 0, 0],
+            status[b] = dmem_temporal_backward_f(level, &link[b, 0, 0], &read_weights_prev[b, 0, 0],
                                                  &grad_forward[b, 0, 0], &grad_backward[b, 0, 0],
                                                  &grad_link[b, 0, 0],
                                                  &grad_read_weights_prev[b, 0, 0], N, R, nt)
@@ -357,6 +383,7 @@ def link_step_forward(link_prev,
     cdef const floating[:, :, ::1] lp_view
     cdef const floating* lp = NULL
     cdef int nt = _stream(B, N, sizeof(floating))
+    cdef int level = _level(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
     if link_prev is not None:
         lp_view = link_prev
@@ -371,7 +398,7 @@ def link_step_forward(link_prev,
                                      &precedence_prev[b, 0], &write_weights[b, 0],
                                      &read_weights_prev[b, 0, 0], &link[b, 0, 0],
                                      &precedence[b, 0], &forward_weights[b, 0, 0],
-                                     &backward_weights[b, 0, 0], N, R, True, nt)
+                                     &backward_weights[b, 0, 0], N, R, True, nt, level)
     _check_status(status)
 
 
@@ -405,6 +432,7 @@ def link_step_backward(link_prev,
     cdef const floating* dl = NULL
     cdef floating* dlp = NULL
     cdef int nt = _stream(B, N, sizeof(floating))
+    cdef int level = _level(B, N, sizeof(floating))
     cdef int[::1] status = _zeros_int(B)
     if link_prev is not None:
         lp_view = link_prev
@@ -430,7 +458,8 @@ def link_step_backward(link_prev,
             (dl + b * stride) if dl != NULL else NULL, &grad_precedence[b, 0],
             &grad_forward[b, 0, 0], &grad_backward[b, 0, 0],
             (dlp + b * stride) if dlp != NULL else NULL, &grad_precedence_prev[b, 0],
-            &grad_write_weights[b, 0], &grad_read_weights_prev[b, 0, 0], N, R, True, nt)
+            &grad_write_weights[b, 0], &grad_read_weights_prev[b, 0, 0], N, R, True, nt,
+            level)
     _check_status(status)
 
 
@@ -505,4 +534,13 @@ def _set_stream_min_bytes(Py_ssize_t nbytes):
     global STREAM_MIN_BYTES
     cdef Py_ssize_t previous = STREAM_MIN_BYTES
     STREAM_MIN_BYTES = nbytes
+    return previous
+
+
+def _set_wide_max_bytes(Py_ssize_t nbytes):
+    """Set the size from which link matrices run the AVX2 loops rather than the
+    AVX-512 ones (for tests and benchmarks); returns the previous value."""
+    global WIDE_MAX_BYTES
+    cdef Py_ssize_t previous = WIDE_MAX_BYTES
+    WIDE_MAX_BYTES = nbytes
     return previous

@@ -53,7 +53,10 @@
 
 /* ---- dispatch ---- */
 
-/* The level in force (simd.h): 2 AVX-512, 1 AVX2/FMA, 0 the baseline. */
+/* The level in force (simd.h): 2 AVX-512, 1 AVX2/FMA, 0 the baseline.  Every
+ * row function below takes the level to run as its first argument (the
+ * callers pass this one, or a lower level for a call that streams from
+ * memory), so that a call never changes level half way. */
 static int dmem_link_simd = 0;
 
 static int dmem_linkage_simd_supported(void) { return dmem_simd_supported(); }
@@ -68,44 +71,42 @@ static int dmem_linkage_set_simd(int level)
 
 static int dmem_linkage_get_simd(void) { return dmem_link_simd; }
 
-#define DMEM_DISPATCH(name, suffix, args) DMEM_SIMD_CALL(dmem_link_simd, name, suffix, args)
-
 /* link_step forward of one batch row: L (n x n) from Lp (NULL: zero; may be L
  * itself), and, when nr > 0, f = L wr, bw = L^T wr (nr x n).  nt: store L with
  * non-temporal stores (for matrices too large to stay in cache).  Returns -1
  * when out of memory, else 0. */
-static int dmem_link_forward_d(const double *lp, const double *pp, const double *w,
+static int dmem_link_forward_d(int level, const double *lp, const double *pp, const double *w,
                                const double *wr, double *L, double *f, double *bw,
                                Py_ssize_t n, Py_ssize_t nr, int nt)
 {
-    return DMEM_DISPATCH(link_forward, d, (lp, pp, w, wr, L, f, bw, n, nr, nt));
+    return DMEM_SIMD_CALL(level, link_forward, d, (lp, pp, w, wr, L, f, bw, n, nr, nt));
 }
 
-static int dmem_link_forward_f(const float *lp, const float *pp, const float *w,
+static int dmem_link_forward_f(int level, const float *lp, const float *pp, const float *w,
                                const float *wr, float *L, float *f, float *bw,
                                Py_ssize_t n, Py_ssize_t nr, int nt)
 {
-    return DMEM_DISPATCH(link_forward, f, (lp, pp, w, wr, L, f, bw, n, nr, nt));
+    return DMEM_SIMD_CALL(level, link_forward, f, (lp, pp, w, wr, L, f, bw, n, nr, nt));
 }
 
 /* link_step backward of one batch row, without the precedence: dLp (may be dL
  * itself; NULL: not stored), dw, dpp and, when nr > 0, dwr.  Lp and dL may be
  * NULL (zero).  nt: store dLp with non-temporal stores.  Returns -1 when out of
  * memory, else 0. */
-static int dmem_link_backward_d(const double *lp, const double *pp, const double *w,
+static int dmem_link_backward_d(int level, const double *lp, const double *pp, const double *w,
                                 const double *wr, const double *dL, const double *df,
                                 const double *db, double *dlp, double *dw, double *dpp,
                                 double *dwr, Py_ssize_t n, Py_ssize_t nr, int nt)
 {
-    return DMEM_DISPATCH(link_backward, d, (lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt));
+    return DMEM_SIMD_CALL(level, link_backward, d, (lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt));
 }
 
-static int dmem_link_backward_f(const float *lp, const float *pp, const float *w,
+static int dmem_link_backward_f(int level, const float *lp, const float *pp, const float *w,
                                 const float *wr, const float *dL, const float *df,
                                 const float *db, float *dlp, float *dw, float *dpp,
                                 float *dwr, Py_ssize_t n, Py_ssize_t nr, int nt)
 {
-    return DMEM_DISPATCH(link_backward, f, (lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt));
+    return DMEM_SIMD_CALL(level, link_backward, f, (lp, pp, w, wr, dL, df, db, dlp, dw, dpp, dwr, n, nr, nt));
 }
 
 /* (The temporal_weights wrappers are marked unused: dnc_step includes this
@@ -113,37 +114,37 @@ static int dmem_link_backward_f(const float *lp, const float *pp, const float *w
  *
  * temporal_weights forward of one batch row: f = L wr, bw = L^T wr (nr x n)
  * for any L (n x n).  Returns -1 when out of memory, else 0. */
-static DMEM_MAYBE_UNUSED int dmem_temporal_forward_d(const double *L, const double *wr,
+static DMEM_MAYBE_UNUSED int dmem_temporal_forward_d(int level, const double *L, const double *wr,
                                                      double *f, double *bw, Py_ssize_t n,
                                                      Py_ssize_t nr)
 {
-    return DMEM_DISPATCH(temporal_forward, d, (L, wr, f, bw, n, nr));
+    return DMEM_SIMD_CALL(level, temporal_forward, d, (L, wr, f, bw, n, nr));
 }
 
-static DMEM_MAYBE_UNUSED int dmem_temporal_forward_f(const float *L, const float *wr, float *f,
+static DMEM_MAYBE_UNUSED int dmem_temporal_forward_f(int level, const float *L, const float *wr, float *f,
                                                      float *bw, Py_ssize_t n, Py_ssize_t nr)
 {
-    return DMEM_DISPATCH(temporal_forward, f, (L, wr, f, bw, n, nr));
+    return DMEM_SIMD_CALL(level, temporal_forward, f, (L, wr, f, bw, n, nr));
 }
 
 /* temporal_weights backward of one batch row: dL (n x n, no diagonal zeroing)
  * and dwr (nr x n) from the cotangents df, db of f and bw.  No output may
  * overlap an input.  nt: store dL with non-temporal stores.  Returns -1 when
  * out of memory, else 0. */
-static DMEM_MAYBE_UNUSED int dmem_temporal_backward_d(const double *L, const double *wr,
+static DMEM_MAYBE_UNUSED int dmem_temporal_backward_d(int level, const double *L, const double *wr,
                                                       const double *df, const double *db,
                                                       double *dL, double *dwr, Py_ssize_t n,
                                                       Py_ssize_t nr, int nt)
 {
-    return DMEM_DISPATCH(temporal_backward, d, (L, wr, df, db, dL, dwr, n, nr, nt));
+    return DMEM_SIMD_CALL(level, temporal_backward, d, (L, wr, df, db, dL, dwr, n, nr, nt));
 }
 
-static DMEM_MAYBE_UNUSED int dmem_temporal_backward_f(const float *L, const float *wr,
+static DMEM_MAYBE_UNUSED int dmem_temporal_backward_f(int level, const float *L, const float *wr,
                                                       const float *df, const float *db,
                                                       float *dL, float *dwr, Py_ssize_t n,
                                                       Py_ssize_t nr, int nt)
 {
-    return DMEM_DISPATCH(temporal_backward, f, (L, wr, df, db, dL, dwr, n, nr, nt));
+    return DMEM_SIMD_CALL(level, temporal_backward, f, (L, wr, df, db, dL, dwr, n, nr, nt));
 }
 
 #endif /* DMEM_LINKAGE_SIMD_H */

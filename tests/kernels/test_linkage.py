@@ -574,6 +574,31 @@ def test_simd_level_is_reported():
     kernels._set_simd(level)
 
 
+def test_large_link_matrices_run_the_avx2_loops_under_avx512():
+    """From WIDE_MAX_BYTES on, a call at the AVX-512 level runs the AVX2 loops (the
+    64-byte vectors were slower there): the same bits as the AVX2 level."""
+    previous = kernels.simd_level()
+    if "avx512" not in kernels.simd_levels_supported():
+        pytest.skip("this CPU cannot run the avx512 loops")
+    rng = np.random.default_rng(44)
+    inputs, cots = valid_inputs(rng, 3, 37, 5, np.float64)
+    try:
+        kernels._set_simd("avx2+fma")
+        avx2 = raw_link_step(inputs) + raw_link_step_backward(inputs, cots)
+        kernels._set_simd("avx512")
+        wide = raw_link_step(inputs) + raw_link_step_backward(inputs, cots)
+        limit = kernels._set_wide_max_bytes(0)
+        try:
+            capped = raw_link_step(inputs) + raw_link_step_backward(inputs, cots)
+        finally:
+            kernels._set_wide_max_bytes(limit)
+    finally:
+        kernels._set_simd(previous)
+    for a, b in zip(capped, avx2):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(wide, avx2))
+
+
 def test_public_report_of_the_instruction_sets(instruction_set):
     levels = compiled_ops.simd_levels()
     assert sorted(levels) == ["addressing", "allocation", "linkage", "memory"]
