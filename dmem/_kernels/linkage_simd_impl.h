@@ -181,6 +181,32 @@ static DMEM_ATTR int FN(link_forward)(const T_ *lp, const T_ *DMEM_RESTRICT pp,
 /* ---------------------------------------------------------------- backward */
 
 /*
+ * The four heads of a group at one chunk of a row of the backward, for the
+ * link values x of the chunk (lanes j ..): the column part of dwr,
+ * dwrg_k += a_k x; the row dots accr[k] += x db_k; and the cotangent chunk g
+ * plus this group's rank-1 terms, returned: g + sum_k (a_k wr_k + c_k db_k).
+ */
+DMEM_INLINE DMEM_ATTR VT_ FN(bwd_heads)(VT_ x, VT_ g, const T_ *DMEM_RESTRICT wrg,
+                                        const T_ *DMEM_RESTRICT dbg, T_ *DMEM_RESTRICT dwrg,
+                                        Py_ssize_t np_, Py_ssize_t j, const VT_ *as,
+                                        const VT_ *cs, VT_ *accr)
+{
+    VT_ d0 = LD_(dbg + j), d1 = LD_(dbg + np_ + j), d2 = LD_(dbg + 2 * np_ + j),
+        d3 = LD_(dbg + 3 * np_ + j);
+    ST_(dwrg + j, LD_(dwrg + j) + as[0] * x);
+    ST_(dwrg + np_ + j, LD_(dwrg + np_ + j) + as[1] * x);
+    ST_(dwrg + 2 * np_ + j, LD_(dwrg + 2 * np_ + j) + as[2] * x);
+    ST_(dwrg + 3 * np_ + j, LD_(dwrg + 3 * np_ + j) + as[3] * x);
+    accr[0] += x * d0;
+    accr[1] += x * d1;
+    accr[2] += x * d2;
+    accr[3] += x * d3;
+    return g + (((as[0] * LD_(wrg + j) + cs[0] * d0) + (as[1] * LD_(wrg + np_ + j) + cs[1] * d1))
+                + ((as[2] * LD_(wrg + 2 * np_ + j) + cs[2] * d2)
+                   + (as[3] * LD_(wrg + 3 * np_ + j) + cs[3] * d3)));
+}
+
+/*
  * One chunk (lanes j .. j+m-1) of row i of the backward.  src: the cotangent
  * row (dL[i], or the partial G[i] of earlier groups of heads).  heads: recompute
  * the new link values x, add the column part of dwr (dwrg_k += a_k x) and the
@@ -204,22 +230,10 @@ DMEM_INLINE DMEM_ATTR void FN(bwd_chunk)(
     VT_ k = keep - LD_(wpad + j);
     VT_ g = FN(v_load)(src + j, m);
     if (heads) {
-        VT_ d0 = LD_(dbg + j), d1 = LD_(dbg + np_ + j), d2 = LD_(dbg + 2 * np_ + j),
-            d3 = LD_(dbg + 3 * np_ + j);
         VT_ x = k * lv + wi * pv;
         if (dlane >= 0)
             ZLANE_(x, dlane);
-        ST_(dwrg + j, LD_(dwrg + j) + as[0] * x);
-        ST_(dwrg + np_ + j, LD_(dwrg + np_ + j) + as[1] * x);
-        ST_(dwrg + 2 * np_ + j, LD_(dwrg + 2 * np_ + j) + as[2] * x);
-        ST_(dwrg + 3 * np_ + j, LD_(dwrg + 3 * np_ + j) + as[3] * x);
-        accr[0] += x * d0;
-        accr[1] += x * d1;
-        accr[2] += x * d2;
-        accr[3] += x * d3;
-        g = g + (((as[0] * LD_(wrg + j) + cs[0] * d0) + (as[1] * LD_(wrg + np_ + j) + cs[1] * d1))
-                 + ((as[2] * LD_(wrg + 2 * np_ + j) + cs[2] * d2)
-                    + (as[3] * LD_(wrg + 3 * np_ + j) + cs[3] * d3)));
+        g = FN(bwd_heads)(x, g, wrg, dbg, dwrg, np_, j, as, cs, accr);
     }
     if (!final) {
         ST_(grow + j, g);
@@ -413,21 +427,8 @@ DMEM_INLINE DMEM_ATTR void FN(tbwd_chunk)(
     const T_ *DMEM_RESTRICT dbg, T_ *DMEM_RESTRICT dwrg, Py_ssize_t np_, Py_ssize_t j,
     const VT_ *as, const VT_ *cs, VT_ *accr, int final, Py_ssize_t m, int nt)
 {
-    VT_ x = FN(v_load)(Li + j, m);
-    VT_ d0 = LD_(dbg + j), d1 = LD_(dbg + np_ + j), d2 = LD_(dbg + 2 * np_ + j),
-        d3 = LD_(dbg + 3 * np_ + j);
-    VT_ g = FN(v_load)(src + j, m);
-    ST_(dwrg + j, LD_(dwrg + j) + as[0] * x);
-    ST_(dwrg + np_ + j, LD_(dwrg + np_ + j) + as[1] * x);
-    ST_(dwrg + 2 * np_ + j, LD_(dwrg + 2 * np_ + j) + as[2] * x);
-    ST_(dwrg + 3 * np_ + j, LD_(dwrg + 3 * np_ + j) + as[3] * x);
-    accr[0] += x * d0;
-    accr[1] += x * d1;
-    accr[2] += x * d2;
-    accr[3] += x * d3;
-    g = g + (((as[0] * LD_(wrg + j) + cs[0] * d0) + (as[1] * LD_(wrg + np_ + j) + cs[1] * d1))
-             + ((as[2] * LD_(wrg + 2 * np_ + j) + cs[2] * d2)
-                + (as[3] * LD_(wrg + 3 * np_ + j) + cs[3] * d3)));
+    VT_ g = FN(bwd_heads)(FN(v_load)(Li + j, m), FN(v_load)(src + j, m), wrg, dbg, dwrg, np_,
+                          j, as, cs, accr);
     if (final)
         FN(store_out)(dst + j, g, m, nt);
     else
