@@ -180,6 +180,25 @@ static DMEM_ATTR int FN(link_forward)(const T_ *lp, const T_ *DMEM_RESTRICT pp,
 
 /* ---------------------------------------------------------------- backward */
 
+/* The end of a backward: dwr += its column parts (rows np_ apart in dwrcol),
+ * the scratch block freed, the non-temporal stores (nt) fenced. */
+DMEM_INLINE DMEM_ATTR void FN(bwd_finish)(T_ *DMEM_RESTRICT dwr,
+                                          const T_ *DMEM_RESTRICT dwrcol, Py_ssize_t n,
+                                          Py_ssize_t nr, Py_ssize_t np_, void *scratch, int nt)
+{
+    Py_ssize_t r, j;
+    for (r = 0; r < nr; r++)
+        for (j = 0; j < n; j++)
+            dwr[r * n + j] = dwr[r * n + j] + dwrcol[r * np_ + j];
+    free(scratch);
+#if DMEM_X86
+    if (nt)
+        _mm_sfence();
+#else
+    (void)nt;
+#endif
+}
+
 /*
  * The four heads of a group at one chunk of a row of the backward, for the
  * link values x of the chunk (lanes j ..): the column part of dwr,
@@ -354,14 +373,7 @@ static DMEM_ATTR int FN(link_backward)(const T_ *lp, const T_ *DMEM_RESTRICT pp,
         dw[j] = dw[j] + dwcol[j];
         dpp[j] = dpacc[j];
     }
-    for (r = 0; r < nr; r++)
-        for (j = 0; j < n; j++)
-            dwr[r * n + j] = dwr[r * n + j] + dwrcol[r * np_ + j];
-    free(scratch);
-#if DMEM_X86
-    if (nt)
-        _mm_sfence();
-#endif
+    FN(bwd_finish)(dwr, dwrcol, n, nr, np_, scratch, nt);
     return 0;
 }
 
@@ -500,13 +512,6 @@ static DMEM_ATTR int FN(temporal_backward)(const T_ *DMEM_RESTRICT L,
             src = grow;
         }
     }
-    for (r = 0; r < nr; r++)
-        for (j = 0; j < n; j++)
-            dwr[r * n + j] = dwr[r * n + j] + dwrcol[r * np_ + j];
-    free(scratch);
-#if DMEM_X86
-    if (nt)
-        _mm_sfence();
-#endif
+    FN(bwd_finish)(dwr, dwrcol, n, nr, np_, scratch, nt);
     return 0;
 }
